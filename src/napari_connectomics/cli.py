@@ -1,0 +1,199 @@
+"""`napari-connectomics` command line: the same engine as the napari plugin, headless.
+
+Errors are one line on stderr with exit status 2 (a traceback only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+
+__all__ = ["main", "build_parser"]
+
+logger = logging.getLogger("napari_connectomics")
+
+
+class CLIError(Exception):
+    """A user error the CLI reports as one line (exit 2)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-connectomics",
+        description="Deep-learning segmentation of EM volumes (MONAI, MedNeXt, Lightning).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("list-architectures", help="the registered architectures")
+    p.add_argument("--json", action="store_true", help="one JSON list on stdout")
+    p.add_argument("--markdown", action="store_true", help="a Markdown table (for the README)")
+    p.set_defaults(func=cmd_list_architectures)
+
+    p = sub.add_parser("info", help="parameters, deep-supervision scales and size rules of one architecture")
+    p.add_argument("architecture", help="a name from list-architectures")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides; keys without a section are model keys (mednext_size=B)")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="the embedded default, end to end on the synthetic EM sample")
+    p.add_argument("--shape", default="32,128,128", help="synthetic volume shape z,y,x")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("napari-connectomics: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, FileNotFoundError, KeyError, OSError) as err:
+        if args.debug:
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"napari-connectomics {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except Exception as err:  # a bug, not a user error: still one line unless --debug
+        if args.debug:
+            raise
+        print(f"napari-connectomics {args.command}: internal error: {type(err).__name__}: {err}; "
+              "rerun with --debug for the traceback", file=sys.stderr)
+        return 1
+
+
+# --- list-architectures / info -----------------------------------------------------------------
+
+def architecture_summary(name: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Facts of one architecture as configured: built on the meta device, so no memory is used."""
+    from .config import effective_input_size, load_config
+    from .models.architectures.registry import get_architecture_spec, is_architecture_available
+
+    spec = get_architecture_spec(name)
+    cfg = load_config(overrides=[f"model.architecture={name}", *_qualify(overrides)])
+    summary: dict[str, Any] = {
+        "name": name,
+        "description": spec.description,
+        "available": is_architecture_available(name),
+        "spatial_dims": cfg.model.spatial_dims,
+        "supported_spatial_dims": list(spec.spatial_dims),
+        "size_multiple": spec.size_multiple_for(cfg.model),
+        "fixed_input_size": effective_input_size(cfg) if spec.fixed_input_size else None,
+        "patch_size": list(cfg.data.patch_size),
+        "deep_supervision_supported": spec.deep_supervision,
+    }
+    if not summary["available"]:
+        summary["missing"] = [m for m in spec.requires if not _importable(m)]
+        return summary
+    info = _quiet_model_info(cfg)
+    scales = info["output_scales"] if info["deep_supervision"] else 1
+    summary.update(
+        parameters=info["parameters"],
+        deep_supervision=info["deep_supervision"],
+        output_scales=scales,
+        output_resolutions=[f"1/{2 ** i}" if i else "1" for i in range(scales)],
+    )
+    return summary
+
+
+def _quiet_model_info(cfg: Any) -> dict[str, Any]:
+    """Model info without allocating weights (meta device) and without the build log line.
+
+    Networks whose constructor reads tensor values (SwinUNETR) cannot be built on the meta
+    device; those are built on the CPU.
+    """
+    import torch
+
+    from .models import build_model
+
+    build_logger = logging.getLogger("napari_connectomics.models.build")
+    level = build_logger.level
+    build_logger.setLevel(logging.WARNING)
+    try:
+        try:
+            with torch.device("meta"):
+                return build_model(cfg).get_model_info()
+        except (RuntimeError, NotImplementedError):
+            return build_model(cfg).get_model_info()
+    finally:
+        build_logger.setLevel(level)
+
+
+def _qualify(overrides: Sequence[str]) -> list[str]:
+    """`mednext_size=B` means `model.mednext_size=B`: model keys are what `info` is about."""
+    return [o if "." in o.split("=", 1)[0] else f"model.{o}" for o in overrides]
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def cmd_list_architectures(args: argparse.Namespace) -> int:
+    from .models.architectures.registry import list_architectures
+
+    rows = [architecture_summary(name) for name in list_architectures()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif args.markdown:
+        print(markdown_table(rows))
+    else:
+        for row in rows:
+            params = f"{row['parameters']:>12,}" if "parameters" in row else f"{'unavailable':>12}"
+            ds = "DS x5" if row["deep_supervision_supported"] else "     "
+            print(f"{row['name']:<20} {params}  x{row['size_multiple']:<3} {ds}  {row['description']}")
+    return 0
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| architecture | parameters (3D, 1 -> 2 channels) | 2D / 3D | size multiple | deep supervision | description |",
+        "| --- | ---: | --- | ---: | --- | --- |",
+    ]
+    for row in rows:
+        dims = " / ".join(f"{d}D" for d in row["supported_spatial_dims"])
+        multiple = f"{row['size_multiple']}" + (" (fixed input)" if row["fixed_input_size"] else "")
+        ds = "yes (5 scales)" if row["deep_supervision_supported"] else "no"
+        params = f"{row['parameters']:,}" if "parameters" in row else "unavailable"
+        lines.append(f"| `{row['name']}` | {params} | {dims} | {multiple} | {ds} | {row['description']} |")
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    summary = architecture_summary(args.architecture, args.overrides)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    width = max(len(k) for k in summary)
+    for key, value in summary.items():
+        if isinstance(value, int) and not isinstance(value, bool) and key == "parameters":
+            value = f"{value:,}"
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    shape = tuple(int(s) for s in args.shape.split(","))
+    run_demo(shape=shape, seed=args.seed)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

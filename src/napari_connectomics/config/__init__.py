@@ -1,0 +1,21 @@
+"""Typed configuration: dataclass schema, YAML load/save with overrides, validation."""
+
+from .errors import ConfigError
+from .io import as_config, config_to_yaml, default_config, load_config, save_config
+from .schema import ConnectomicsConfig
+from .validation import LOSS_NAMES, default_patch_size, effective_input_size, resolve_config, validate_config
+
+__all__ = [
+    "LOSS_NAMES",
+    "ConfigError",
+    "ConnectomicsConfig",
+    "as_config",
+    "config_to_yaml",
+    "default_config",
+    "default_patch_size",
+    "effective_input_size",
+    "load_config",
+    "resolve_config",
+    "save_config",
+    "validate_config",
+]

@@ -1,0 +1,5 @@
+"""Networks: the architecture registry, the built-in architectures and build_model."""
+
+from .build import build_model
+
+__all__ = ["build_model"]
