@@ -28,8 +28,8 @@ class DemoRow:
 
 def _normalise(image: np.ndarray) -> np.ndarray:
     """Percentile scaling to [0, 1], as training will do by default."""
-    low, high = np.percentile(image, (1, 99))
-    return np.clip((image.astype(np.float32) - low) / max(high - low, 1e-6), 0, 1)
+    low, high = (float(v) for v in np.percentile(image, (1, 99)))
+    return np.clip((image.astype(np.float32) - low) / max(high - low, 1e-6), 0, 1, dtype=np.float32)
 
 
 def run_demo(shape: tuple[int, int, int] = (32, 128, 128), seed: int = 0) -> list[DemoRow]:
