@@ -83,9 +83,10 @@ def test_readme_architecture_table_matches_the_registry():
 
 
 def test_demo_runs_every_architecture_on_the_synthetic_sample():
+    listing = json.loads(run_cli("list-architectures", "--json").stdout)
+    expected = sum(len(row["supported_spatial_dims"]) for row in listing if row["available"])
     result = run_cli("demo", "--shape", "32,64,64")
     assert result.returncode == 0, result.stderr
-    from napari_connectomics.models.architectures.registry import get_architecture_spec, list_architectures
-
-    expected = sum(len(get_architecture_spec(n).spatial_dims) for n in list_architectures())
     assert f"Demo done: {expected} networks ran" in result.stderr
+    for row in listing:
+        assert f"{row['name']:<20} 3D" in result.stderr
