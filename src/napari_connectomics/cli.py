@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_info)
 
+    p = sub.add_parser("train", help="train a network from a config (YAML + key=value overrides)")
+    p.add_argument("--config", help="YAML config; unset keys keep their defaults")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. training.max_steps=200")
+    p.add_argument("--resume", metavar="CKPT", help="continue a run from its checkpoint (optimizer, schedule, step)")
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("demo", help="the embedded default, end to end on the synthetic EM sample")
     p.add_argument("--shape", default="32,128,128", help="synthetic volume shape z,y,x")
     p.add_argument("--seed", type=int, default=0)
@@ -62,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("napari-connectomics: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, FileNotFoundError, KeyError, OSError) as err:
+    except (CLIError, ValueError, FileNotFoundError, KeyError, OSError, _training_error()) as err:
         if args.debug:
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -74,6 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"napari-connectomics {args.command}: internal error: {type(err).__name__}: {err}; "
               "rerun with --debug for the traceback", file=sys.stderr)
         return 1
+
+
+def _training_error() -> type[Exception]:
+    """NonFiniteLossError when training is importable (it is a user-facing failure, not a bug)."""
+    if "napari_connectomics.training.module" in sys.modules:
+        return sys.modules["napari_connectomics.training.module"].NonFiniteLossError
+    return CLIError
 
 
 # --- list-architectures / info -----------------------------------------------------------------
@@ -183,6 +196,31 @@ def cmd_info(args: argparse.Namespace) -> int:
     for key, value in summary.items():
         if isinstance(value, int) and not isinstance(value, bool) and key == "parameters":
             value = f"{value:,}"
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .training import train
+
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg, resume=args.resume, enable_progress_bar=not args.quiet)
+    if result.global_rank != 0:  # DDP: one summary, from rank 0
+        return 0
+    summary = {
+        "run": str(result.run_dir),
+        "status": "stopped" if result.stopped else "finished",
+        "steps": result.global_step,
+        "best checkpoint": str(result.best_checkpoint) if result.best_checkpoint else "-",
+        f"best {result.monitor}": f"{result.best_score:.4f}" if result.best_score is not None else "-",
+        "last checkpoint": str(result.last_checkpoint),
+    }
+    for key in ("val/dice", "val/iou", "val/loss"):
+        if key in result.metrics:
+            summary[f"last {key}"] = f"{result.metrics[key]:.4f}"
+    width = max(map(len, summary))
+    for key, value in summary.items():
         print(f"{key:<{width}}  {value}")
     return 0
 

@@ -53,6 +53,8 @@ class SystemConfig:
 
     num_gpus: int = knob(0, "GPUs to use; more than the machine has falls back to what it has", minimum=0)
     num_cpus: int = knob(2, "CPU worker processes for data loading", minimum=0)
+    devices: Optional[int] = knob(None, "devices (processes) per machine; unset: num_gpus GPUs, or one CPU process",
+                                  minimum=1)
     num_nodes: int = knob(1, "machines for multi-node DDP", minimum=1)
     accelerator: str = knob("auto", "Lightning accelerator", choices=("auto", "cpu", "gpu", "cuda", "mps"))
     strategy: str = knob("auto", "Lightning strategy; 'auto' picks ddp when several devices are used",

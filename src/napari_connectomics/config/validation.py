@@ -189,6 +189,12 @@ def _check_sizes(cfg: DictConfig) -> None:
 
 
 def _check_training(cfg: DictConfig) -> None:
+    target, out = cfg.data.target, cfg.model.out_channels
+    if target == "binary" and out not in (1, 2):
+        raise ConfigError("model.out_channels", out, "a binary target needs 1 (sigmoid) or 2 (softmax) channels")
+    if target == "instance" and out != 3:
+        raise ConfigError("model.out_channels", out, "the instance target predicts background, interior and "
+                          "contour: set model.out_channels=3")
     betas = list(cfg.optimizer.betas)
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
         raise ConfigError("optimizer.betas", betas, "give two numbers in [0, 1)")

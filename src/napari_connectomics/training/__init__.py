@@ -1,0 +1,24 @@
+"""Training engine: Lightning module and data module, trainer factory, checkpoints, `train()`.
+
+Names are imported on first use, so importing a submodule (metrics, checkpoint) stays light.
+"""
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "CheckpointError": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "load_model_from_checkpoint": "checkpoint",
+    "TrainingData": "datamodule",
+    "TrainResult": "trainer",
+    "train": "trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

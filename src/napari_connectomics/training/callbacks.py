@@ -1,0 +1,62 @@
+"""Lightning callbacks that connect a run to the progress/cancel interface and the data pipeline."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+
+from ..progress import Progress, ProgressCallback, emit
+
+__all__ = ["ProgressRelay"]
+
+
+def _floats(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if key.startswith(prefix):
+            try:
+                out[key] = float(value)
+            except (TypeError, ValueError):
+                continue
+    return out
+
+
+class ProgressRelay(L.Callback):
+    """Reports every optimizer step and validation to the progress callbacks, and honours a stop request.
+
+    A set ``stop_event`` makes the trainer stop after the step in flight (the caller then saves a
+    checkpoint), so Stop in the GUI takes effect within one step.
+    """
+
+    def __init__(self, callbacks: Sequence[ProgressCallback] = (), stop_event: threading.Event | None = None) -> None:
+        self.callbacks = list(callbacks)
+        self.stop_event = stop_event
+        self.stopped = False
+
+    def _total(self, trainer: L.Trainer) -> int | None:
+        total = trainer.estimated_stepping_batches
+        return int(total) if total != float("inf") else None
+
+    def _check_stop(self, trainer: L.Trainer) -> None:
+        if self.stop_event is not None and self.stop_event.is_set() and not trainer.should_stop:
+            trainer.should_stop = True
+            self.stopped = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        emit(self.callbacks, Progress(trainer.global_step, self._total(trainer), "training started"))
+        self._check_stop(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        metrics = _floats(trainer.callback_metrics, "train/")
+        emit(self.callbacks, Progress(trainer.global_step, self._total(trainer), f"step {trainer.global_step}", metrics))
+        self._check_stop(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = _floats(trainer.callback_metrics, "val/")
+        emit(self.callbacks, Progress(trainer.global_step, self._total(trainer), "validation", metrics, stage="validate"))

@@ -1,0 +1,171 @@
+"""Training and validation data from config paths or from in-memory arrays (napari layers)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..data.augment import build_augmentation
+from ..data.checks import check_finite, check_patch_fits, label_range
+from ..data.dataset import PatchDataset, ValidationPatches, VolumePair, split_z
+from ..data.volumes import open_volume
+
+__all__ = ["EpochSampler", "TrainingData", "VolumeDataModule"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingData:
+    """Volumes handed over directly (numpy/dask arrays, napari layer data, Volume objects or paths).
+
+    ``train`` and ``val`` are (image, label) pairs; without ``val`` the config decides (a held-out
+    z-range of each training volume).
+    """
+
+    train: Sequence[tuple[Any, Any]]
+    val: Sequence[tuple[Any, Any]] = field(default_factory=list)
+
+    @classmethod
+    def coerce(cls, data: Any) -> "TrainingData":
+        if isinstance(data, TrainingData):
+            return data
+        if isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], tuple):
+            return cls(train=[data])
+        return cls(train=list(data))
+
+
+class EpochSampler(Sampler[int]):
+    """Indices ``epoch * n .. epoch * n + n - 1``: the dataset draws different patches each epoch,
+    reproducibly (Lightning calls ``set_epoch``), also inside DataLoader worker processes."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.epoch * self.length, (self.epoch + 1) * self.length))
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class _EpochIndexed(Dataset):
+    """Decodes the sampler's global index into (epoch, index) for a PatchDataset."""
+
+    def __init__(self, dataset: PatchDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        epoch, i = divmod(index, len(self.dataset))
+        self.dataset.set_epoch(epoch)
+        return self.dataset[i]
+
+
+class VolumeDataModule(L.LightningDataModule):
+    def __init__(self, cfg: DictConfig, data: TrainingData | Any | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.data = TrainingData.coerce(data) if data is not None else None
+        self.train_set: PatchDataset | None = None
+        self.val_set: ValidationPatches | None = None
+
+    # --- which volumes ---------------------------------------------------------------------------
+    def _pairs(self) -> tuple[list[VolumePair], list[VolumePair]]:
+        d = self.cfg.data
+        if self.data is not None:
+            train = [(open_volume(i), open_volume(l)) for i, l in self.data.train]
+            val = [(open_volume(i), open_volume(l)) for i, l in self.data.val]
+        else:
+            if not d.train_image or not d.train_label:
+                raise ValueError("data.train_image and data.train_label must name volumes (e.g. "
+                                 "data.train_image=stack.h5:image data.train_label=stack.h5:label)")
+            train = [(open_volume(d.train_image), open_volume(d.train_label))]
+            val = [(open_volume(d.val_image), open_volume(d.val_label))] if d.val_image else []
+            if d.val_image and not d.val_label:
+                raise ValueError("data.val_image is set but data.val_label is not; give both or neither")
+        if not train:
+            raise ValueError("no training volumes given")
+        if val:
+            return [VolumePair(i, l) for i, l in train], [VolumePair(i, l) for i, l in val]
+        return self._split(train)
+
+    def _split(self, train: list[tuple[Any, Any]]) -> tuple[list[VolumePair], list[VolumePair]]:
+        """Hold out the last `data.val_fraction` of z of each training volume for validation."""
+        fraction = self.cfg.data.val_fraction
+        train_pairs, val_pairs = [], []
+        for image, label in train:
+            n_z = label.shape[0] if label.ndim == 3 else 1
+            if fraction <= 0 or n_z < 2:
+                logger.warning("validating on the training volume %s (no held-out part: %s)", image.source,
+                               "data.val_fraction is 0" if fraction <= 0 else "it has a single z-slice")
+                train_pairs.append(VolumePair(image, label))
+                val_pairs.append(VolumePair(image, label))
+                continue
+            train_z, val_z = split_z(n_z, fraction)
+            train_pairs.append(VolumePair(image, label, z_range=train_z))
+            val_pairs.append(VolumePair(image, label, z_range=val_z))
+        return train_pairs, val_pairs
+
+    # --- Lightning hooks -------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        cfg, d = self.cfg, self.cfg.data
+        train_pairs, val_pairs = self._pairs()
+        self._check_volumes(train_pairs + val_pairs)
+        common = dict(spatial_dims=cfg.model.spatial_dims, label_mode=d.label_mode, target=d.target,
+                      normalize=d.normalize, in_channels=cfg.model.in_channels)
+        augment = build_augmentation(d.augmentation, cfg.model.spatial_dims, list(d.voxel_size))
+        self.train_set = PatchDataset(train_pairs, list(d.patch_size), foreground_sampling=d.foreground_sampling,
+                                      foreground_ratio=d.foreground_ratio, samples_per_epoch=d.samples_per_epoch,
+                                      augment=augment, seed=cfg.system.seed, **common)
+        if d.label_mode == "sparse" and not any(src.annotated_total for src in self.train_set.sources):
+            raise ValueError("no annotated voxel in the training labels: in sparse mode 0 means not annotated; "
+                             "paint background as 1 and objects as 2 (or set data.label_mode=dense)")
+        self.val_set = ValidationPatches(val_pairs, list(d.patch_size), n_patches=cfg.training.val_patches,
+                                         seed=cfg.system.seed, **common)
+
+    def _check_volumes(self, pairs: list[VolumePair]) -> None:
+        """Fail before training on what would otherwise fail (or silently mislead) inside it."""
+        cfg, d = self.cfg, self.cfg.data
+        images = {id(p.image): p for p in pairs}.values()
+        for pair in images:
+            check_finite(pair.image)
+            check_patch_fits(pair.image, list(d.patch_size), cfg.model.spatial_dims,
+                             has_channels=pair.image.ndim == pair.label.ndim + 1)
+        if d.target != "semantic":
+            return
+        labels = {id(p.label): p.label for p in pairs}.values()
+        high = max(label_range(label)[1] for label in labels)
+        classes = high if d.label_mode == "sparse" else high + 1
+        if classes > cfg.model.out_channels:
+            raise ValueError(f"the labels hold {classes} classes (values up to {high}, {d.label_mode} mode) but "
+                             f"model.out_channels is {cfg.model.out_channels}; set model.out_channels={classes}")
+
+    def _loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
+        workers = self.cfg.data.num_workers
+        return DataLoader(dataset, batch_size=self.cfg.data.batch_size, sampler=sampler, shuffle=False,
+                          num_workers=workers, pin_memory=torch.cuda.is_available(),
+                          persistent_workers=False, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None
+        return self._loader(_EpochIndexed(self.train_set), EpochSampler(len(self.train_set)))
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None
+        return self._loader(self.val_set)

@@ -1,0 +1,238 @@
+"""`train()`: the one entry point of training, shared by the CLI and the napari widget."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.util
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig
+
+from ..config import ConfigError, as_config, save_config
+from ..progress import Progress, ProgressCallback, emit
+from .callbacks import ProgressRelay
+from .checkpoint import AtomicCheckpointIO, load_checkpoint, model_state_dict
+from .datamodule import TrainingData, VolumeDataModule
+from .module import LOGGED_METRICS, SegmentationModule
+
+__all__ = ["TrainResult", "build_trainer", "resolve_devices", "train"]
+
+logger = logging.getLogger(__name__)
+
+PATH_KEYS = ("train_image", "train_label", "val_image", "val_label")
+RUN_DIR_ENV = "NAPARI_CONNECTOMICS_RUN_DIR"
+
+
+@dataclass
+class TrainResult:
+    """Where a run wrote its files and how it ended."""
+
+    run_dir: Path
+    checkpoint_dir: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    best_score: float | None
+    monitor: str
+    global_step: int
+    stopped: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+    global_rank: int = 0
+
+
+def train(
+    cfg: Any,
+    data: TrainingData | Any | None = None,
+    callbacks: Sequence[ProgressCallback | L.Callback] = (),
+    stop_event: threading.Event | None = None,
+    resume: str | os.PathLike | None = None,
+    *,
+    run_dir: str | os.PathLike | None = None,
+    enable_progress_bar: bool = False,
+) -> TrainResult:
+    """Train the configured network and return where its checkpoints are.
+
+    Args:
+        cfg: a config from :func:`load_config` (or a partial mapping merged onto the defaults).
+        data: in-memory volumes (:class:`TrainingData`, or (image, label) pairs) instead of the
+            config's paths, e.g. napari layers.
+        callbacks: progress callbacks (called with :class:`Progress`), and/or Lightning callbacks.
+        stop_event: set it to stop after the step in flight; a loadable ``last.ckpt`` is written.
+        resume: a checkpoint of this project to continue (optimizer, scheduler and step count).
+        run_dir: the run folder; default ``<training.output_dir>/<training.name>/<timestamp>``.
+    """
+    cfg = as_config(cfg)
+    _check_monitor(cfg)
+    _absolute_paths(cfg)
+    if resume is not None:
+        load_checkpoint(resume)  # refuse unsafe or foreign files before Lightning opens them
+    if cfg.system.torch_threads:
+        torch.set_num_threads(cfg.system.torch_threads)
+    L.seed_everything(cfg.system.seed, workers=True, verbose=False)
+    datamodule = VolumeDataModule(cfg, data)
+    datamodule.setup("fit")  # open the volumes first: a wrong path fails before any file is written
+
+    child = os.environ.get(RUN_DIR_ENV) and int(os.environ.get("LOCAL_RANK", "0")) > 0
+    if child:  # a DDP process that Lightning launched: rank 0 made the run folder and saved the config
+        run_dir = Path(os.environ[RUN_DIR_ENV])
+    else:
+        run_dir = Path(run_dir) if run_dir is not None else _new_run_dir(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the DDP processes Lightning starts
+    checkpoint_dir = Path(cfg.checkpoint.dirpath).expanduser().resolve() if cfg.checkpoint.dirpath else run_dir / "checkpoints"
+
+    module = SegmentationModule(cfg)
+    if cfg.model.pretrained and resume is None:
+        init_from_pretrained(module.model, cfg.model.pretrained)
+
+    progress_callbacks = [c for c in callbacks if not isinstance(c, L.Callback)]
+    relay = ProgressRelay(progress_callbacks, stop_event)
+    checkpointer = ModelCheckpoint(
+        dirpath=checkpoint_dir, filename="epoch{epoch}-step{step}", auto_insert_metric_name=False,
+        monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode, save_top_k=cfg.checkpoint.save_top_k,
+        save_last=cfg.checkpoint.save_last, every_n_epochs=cfg.checkpoint.every_n_epochs)
+    extra = [c for c in callbacks if isinstance(c, L.Callback)]
+    trainer = build_trainer(cfg, run_dir, [relay, checkpointer, *extra], enable_progress_bar)
+
+    logger.info("Run folder %s", run_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume is not None else None)
+
+    stopped = relay.stopped
+    last = checkpoint_dir / "last.ckpt"
+    # ModelCheckpoint writes last.ckpt at validation/epoch ends only; a run that ends mid-epoch
+    # (max_steps, Stop) must still leave its final state behind.
+    if stopped or cfg.checkpoint.save_last or not last.exists():
+        trainer.save_checkpoint(last)
+    best = Path(checkpointer.best_model_path) if checkpointer.best_model_path else None
+    score = checkpointer.best_model_score
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    result = TrainResult(run_dir=run_dir, checkpoint_dir=checkpoint_dir, best_checkpoint=best, last_checkpoint=last,
+                         best_score=float(score) if score is not None else None, monitor=cfg.checkpoint.monitor,
+                         global_step=trainer.global_step, stopped=stopped, metrics=metrics,
+                         global_rank=trainer.global_rank)
+    emit(progress_callbacks, Progress(trainer.global_step, trainer.global_step, "stopped" if stopped else "done",
+                                      metrics, stage="stopped" if stopped else "done"))
+    return result
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback], enable_progress_bar: bool) -> L.Trainer:
+    """A Lightning Trainer from the config (devices, precision, limits, logging)."""
+    accelerator, devices = resolve_devices(cfg)
+    precision = _precision(cfg.training.precision, accelerator)
+    strategy = cfg.system.strategy
+    if strategy == "auto" and isinstance(devices, int) and devices > 1:
+        strategy = "ddp"
+    # The run folder already holds config.yaml; CSVLogger only adds metrics.csv beside it.
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    if importlib.util.find_spec("tensorboard") is not None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard"))
+    t = cfg.training
+    step_validation = t.val_check_interval is not None
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=cfg.system.num_nodes,
+        strategy=strategy,
+        precision=precision,
+        max_epochs=None if t.max_steps else t.max_epochs,
+        max_steps=t.max_steps or -1,
+        gradient_clip_val=t.gradient_clip_val or None,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        val_check_interval=t.val_check_interval if step_validation else None,
+        check_val_every_n_epoch=None if step_validation else 1,
+        log_every_n_steps=t.log_every_n_steps,
+        deterministic=cfg.system.deterministic,
+        callbacks=callbacks,
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=enable_progress_bar,
+        enable_model_summary=False,
+        default_root_dir=str(run_dir),
+        num_sanity_val_steps=0,
+    )
+
+
+def resolve_devices(cfg: DictConfig) -> tuple[str, int | str]:
+    """Accelerator and device count; asking for more GPUs than the machine has falls back with a warning."""
+    accelerator = cfg.system.accelerator
+    wanted = cfg.system.devices or cfg.system.num_gpus
+    available = torch.cuda.device_count()
+    if accelerator == "cpu":
+        return "cpu", cfg.system.devices or 1
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and cfg.system.num_gpus > 0):
+        if available == 0:
+            logger.warning("system.num_gpus=%d but this machine has no GPU: training on the CPU", max(wanted, 1))
+            return "cpu", 1
+        if wanted > available:
+            logger.warning("system.num_gpus=%d but this machine has %d: using %d", wanted, available, available)
+        return "gpu", max(1, min(wanted, available))
+    if accelerator == "auto":
+        return "cpu", cfg.system.devices or 1
+    return accelerator, cfg.system.devices or 1
+
+
+def _precision(precision: str, accelerator: str) -> str:
+    if accelerator == "cpu" and precision in ("16-mixed", "16", "16-true"):
+        logger.warning("training.precision=%s needs a GPU: training in 32-bit on the CPU", precision)
+        return "32-true"
+    return precision
+
+
+def init_from_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Fine-tune start: copy matching weights; a MedNeXt with a larger kernel gets UpKern."""
+    state = model_state_dict(load_checkpoint(path))
+    target = model.state_dict()
+    kernel_mismatch = [k for k, v in state.items() if k in target and v.shape != target[k].shape]
+    if kernel_mismatch and hasattr(model, "network"):
+        from ..models.architectures.mednext import upkern_load_weights
+
+        upkern_load_weights(model.network, {k.removeprefix("network."): v for k, v in state.items()})
+        logger.info("Initialised from %s with UpKern (%d kernels resized)", path, len(kernel_mismatch))
+        return
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if kernel_mismatch or len(missing) == len(target):
+        raise ConfigError("model.pretrained", str(path),
+                          "its weights do not fit this architecture; use a checkpoint of the same network")
+    logger.info("Initialised from %s (%d weights; %d kept their initial values)", path,
+                len(target) - len(missing), len(missing))
+
+
+def _check_monitor(cfg: DictConfig) -> None:
+    if cfg.checkpoint.monitor not in LOGGED_METRICS:
+        raise ConfigError("checkpoint.monitor", cfg.checkpoint.monitor,
+                          f"it is not logged; choose one of {', '.join(LOGGED_METRICS)}")
+
+
+def _absolute_paths(cfg: DictConfig) -> None:
+    """Relative data paths mean relative to where the command runs; the saved config keeps them absolute."""
+    for key in PATH_KEYS:
+        value = cfg.data[key]
+        if value and not Path(value.split(":")[0]).is_absolute():
+            cfg.data[key] = str(Path.cwd() / value)
+    if cfg.model.pretrained and not Path(cfg.model.pretrained).is_absolute():
+        cfg.model.pretrained = str(Path.cwd() / cfg.model.pretrained)
+
+
+def _new_run_dir(cfg: DictConfig) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.training.output_dir).expanduser().resolve() / cfg.training.name
+    run_dir = base / stamp
+    n = 1
+    while run_dir.exists():
+        run_dir = base / f"{stamp}-{n}"
+        n += 1
+    return run_dir
