@@ -39,7 +39,7 @@ def _cfg(name: str, dims: int, *overrides: str):
     from napari_connectomics.config import load_config
 
     return load_config(overrides=[f"model.architecture={name}", f"model.spatial_dims={dims}",
-                                  f"data.patch_size={PATCH[dims]}", "model.out_channels=3", *overrides])
+                                  f"data.patch_size={PATCH[dims]}", "model.out_channels=3", "data.target=semantic", *overrides])
 
 
 def test_builtin_names_are_registered():

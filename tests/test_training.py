@@ -347,3 +347,24 @@ def test_ddp_two_cpu_processes_through_the_cli(tmp_path, volume_file):
     ckpt = load_checkpoint(runs[0] / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 3
     assert "strategy=ddp" in result.stderr or "distributed_backend=gloo" in result.stderr
+
+
+def test_binary_with_one_sigmoid_channel_and_plateau_schedule(tmp_path, sample):
+    result = train(small_2d(tmp_path, "model.out_channels=1", "model.loss_functions=[BCEWithLogitsLoss,DiceLoss]",
+                            "model.loss_weights=[1.0,1.0]", "scheduler.name=plateau", "scheduler.warmup_steps=2"),
+                   data=[(sample.image, sample.mitochondria)])
+    rows = read_metrics(result.run_dir)
+    assert column(rows, "val/iou") and np.isfinite(column(rows, "train/loss")).all()
+    model, _ = load_model_from_checkpoint(result.last_checkpoint)
+    assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_train_from_zarr_and_tiff_paths(tmp_path, sample):
+    import tifffile
+    import zarr
+
+    store = zarr.open_group(str(tmp_path / "em.zarr"), mode="w")
+    store.create_array("raw", data=sample.image)
+    tifffile.imwrite(tmp_path / "mito.tif", sample.mitochondria)
+    cfg = small_2d(tmp_path, f"data.train_image={tmp_path / 'em.zarr'}:raw", f"data.train_label={tmp_path / 'mito.tif'}")
+    assert train(cfg).global_step == 6

@@ -240,6 +240,11 @@ class Volume:
         return len(self.shape)
 
     @property
+    def in_memory(self) -> bool:
+        """True for a numpy array held in RAM (reading it costs no I/O or decompression)."""
+        return isinstance(self._backend, _MemoryBackend) and isinstance(self._backend.array, np.ndarray)
+
+    @property
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 

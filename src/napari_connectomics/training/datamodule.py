@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -81,6 +82,7 @@ class VolumeDataModule(L.LightningDataModule):
         self.cfg = cfg
         self.data = TrainingData.coerce(data) if data is not None else None
         self.train_set: PatchDataset | None = None
+        self._memory: dict[str, Any] = {}
         self.val_set: ValidationPatches | None = None
 
     # --- which volumes ---------------------------------------------------------------------------
@@ -99,9 +101,24 @@ class VolumeDataModule(L.LightningDataModule):
                 raise ValueError("data.val_image is set but data.val_label is not; give both or neither")
         if not train:
             raise ValueError("no training volumes given")
+        train = [(self._cached(i), self._cached(l)) for i, l in train]
+        val = [(self._cached(i), self._cached(l)) for i, l in val]
         if val:
             return [VolumePair(i, l) for i, l in train], [VolumePair(i, l) for i, l in val]
         return self._split(train)
+
+    def _cached(self, volume: Any) -> Any:
+        """A volume that fits the memory budget is read once: random patches from RAM, not from
+        compressed chunks. The same file opened twice (train and val of one stack) is read once."""
+        limit = self.cfg.data.in_memory_mb * 2**20
+        nbytes = int(np.prod(volume.shape)) * np.dtype(volume.dtype).itemsize
+        if limit <= 0 or nbytes > limit or volume.in_memory:
+            return volume
+        key = volume.source
+        if key not in self._memory:
+            self._memory[key] = open_volume(volume.read())
+            self._memory[key].source = volume.source
+        return self._memory[key]
 
     def _split(self, train: list[tuple[Any, Any]]) -> tuple[list[VolumePair], list[VolumePair]]:
         """Hold out the last `data.val_fraction` of z of each training volume for validation."""
