@@ -51,6 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="CKPT", help="continue a run from its checkpoint (optimizer, schedule, step)")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("evaluate", help="score a prediction against labels (semantic and instance metrics)")
+    p.add_argument("--prediction", required=True, metavar="PATH[:key]",
+                   help="labels or probabilities; a prediction file's 'labels' array when no key is given")
+    p.add_argument("--label", required=True, metavar="PATH[:key]", help="ground truth")
+    p.add_argument("--threshold", type=float, default=0.5, help="for probability predictions")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--instance", dest="instance", action="store_true", default=None,
+                      help="also score instances (default: when the labels hold several object ids)")
+    mode.add_argument("--semantic", dest="instance", action="store_false", help="semantic metrics only")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("demo", help="the embedded default, end to end on the synthetic EM sample")
     p.add_argument("--shape", default="32,128,128", help="synthetic volume shape z,y,x")
     p.add_argument("--seed", type=int, default=0)
@@ -222,6 +234,51 @@ def cmd_train(args: argparse.Namespace) -> int:
     width = max(map(len, summary))
     for key, value in summary.items():
         print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _prediction_source(spec: str) -> Any:
+    """A prediction path without a key means its `labels` array when it has one."""
+    from .data.volumes import list_arrays, open_volume, parse_volume_path
+
+    path, key = parse_volume_path(spec)
+    if key is None and path.exists() and path.suffix in (".h5", ".hdf5", ".zarr") and "labels" in list_arrays(path):
+        key = "labels"
+    return open_volume(path if key is None else f"{path}:{key}")
+
+
+def _as_prediction(array: Any, label_ndim: int) -> Any:
+    """Probabilities with a channel axis (C, ...) -> foreground probability, or class map for C > 2."""
+    import numpy as np
+
+    if array.ndim != label_ndim + 1:
+        return array
+    if array.shape[0] == 1:
+        return array[0].astype(np.float32)
+    if array.shape[0] == 2:
+        return array[1].astype(np.float32)
+    return np.argmax(array, axis=0).astype(np.uint32)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data.volumes import open_volume
+    from .inference.metrics import evaluate
+
+    prediction = _prediction_source(args.prediction)
+    label = open_volume(args.label)
+    spatial = prediction.shape[1:] if prediction.ndim == label.ndim + 1 else prediction.shape
+    if spatial != label.shape:
+        raise CLIError(f"prediction {prediction.source} has shape {prediction.shape} but labels {label.source} "
+                       f"have {label.shape}; evaluate the same region")
+    scores = evaluate(_as_prediction(prediction.read(), label.ndim), label.read(), instance=args.instance,
+                      threshold=args.threshold)
+    if args.json:
+        print(json.dumps(scores))
+        return 0
+    width = max(len(k) for k in scores)
+    for key, value in scores.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else value
+        print(f"{key:<{width}}  {shown}")
     return 0
 
 

@@ -1,0 +1,573 @@
+"""Predicted probabilities -> masks and instance labels (DESIGN.md, "Conventions for data").
+
+Whole volumes
+    :func:`postprocess` decodes the network's channels (``channel_layout`` ``binary``, ``instance`` or
+    ``semantic``) and runs one registered post-processor: ``none`` (a mask or class map), ``cc``
+    (connected components) or ``watershed`` (seeded watershed that splits touching objects).
+    Label volumes come out as uint16 when the ids fit, else uint32 (never int64), with consecutive
+    ids 1..N and 0 as background.
+
+Volumes larger than memory
+    :func:`label_blockwise` labels a mask block by block and merges the labels across block faces, so
+    its result equals :func:`connected_components` of the whole mask up to renumbering while holding
+    only a few blocks (plus per-id tables) in memory. The watershed has no block-wise form here: it
+    needs context across blocks (seeds, basins), so it runs on whole volumes, or on large blocks read
+    with a halo by the prediction pipeline.
+
+Choices made here:
+
+* ``threshold`` is strict (``p > t``), so with a two-class softmax and ``t = 0.5`` the mask equals
+  the argmax (ties go to background).
+* ``min_size`` keeps objects with at least ``min_size`` voxels (the config's "objects smaller than
+  this are removed"); removed objects become background, never merged into a neighbour.
+* Watershed seeds: with a contour map, the connected components of the confident interior
+  (``foreground - contour > seed_threshold``), flooded over the contour probability, so seeds follow
+  what the network learnt. Without one, the maxima of the distance transform of the mask, flooded over
+  ``-distance``: ``peak_local_max`` points at least ``min_seed_distance`` apart (good for compact
+  objects: vesicles, mitochondria, nuclei), or with ``seed_h`` the h-maxima (plateaus of dynamic >= h,
+  which keep an elongated neurite with a wavy radius in one piece). A mask component without a seed
+  becomes its own seed, so the watershed never drops foreground that ``cc`` would keep.
+* ``fill_holes`` fills a hole only with the one object that encloses it; a cavity bordered by several
+  objects stays background. Holes are 3D by default (only truly enclosed cavities: the lumen of a
+  tube that runs along z, e.g. an axon inside a myelin sheath, is left alone); ``in_plane=True`` fills
+  each z-section separately, for strongly anisotropic stacks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import product
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import scipy.ndimage as ndi
+from scipy import sparse
+from scipy.sparse import csgraph
+from skimage.feature import peak_local_max
+from skimage.measure import label as sk_label
+from skimage.metrics import contingency_table
+from skimage.morphology import h_maxima
+from skimage.segmentation import relabel_sequential, watershed
+
+from ..data.targets import INSTANCE_CONTOUR, INSTANCE_INTERIOR
+from ..progress import Progress, ProgressCallback, emit
+
+__all__ = [
+    "CHANNEL_LAYOUTS",
+    "POSTPROCESSORS",
+    "PredictionMaps",
+    "connected_components",
+    "decode_channels",
+    "fill_holes",
+    "get_postprocessor",
+    "label_blockwise",
+    "list_postprocessors",
+    "postprocess",
+    "register_postprocessor",
+    "relabel_consecutive",
+    "remove_small",
+    "same_partition",
+    "smallest_label_dtype",
+    "threshold",
+    "watershed_instances",
+]
+
+logger = logging.getLogger(__name__)
+
+POSTPROCESSORS = ("none", "cc", "watershed")  # the built-ins (config: inference.instances)
+CHANNEL_LAYOUTS = ("binary", "instance", "semantic")
+
+_UINT16_MAX = int(np.iinfo(np.uint16).max)
+_UINT32_MAX = int(np.iinfo(np.uint32).max)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks and small helpers
+# --------------------------------------------------------------------------------------------------
+def _check_unit(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be within [0, 1]; got {value!r}")
+
+
+def _check_min_size(min_size: int) -> None:
+    if min_size < 0:
+        raise ValueError(f"min_size must be >= 0; got {min_size!r}")
+
+
+def _check_connectivity(connectivity: int, ndim: int) -> None:
+    if not 1 <= connectivity <= ndim:
+        raise ValueError(f"connectivity must be between 1 and {ndim} for {ndim}D data; got {connectivity!r}")
+
+
+def _as_labels(labels: np.ndarray) -> np.ndarray:
+    """An integer label array; floats or bools here are a caller's bug, not something to round."""
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"labels must be an integer array; got dtype {labels.dtype}")
+    if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
+        raise ValueError("labels must be >= 0 (0 is background)")
+    return labels
+
+
+def _above(probability: np.ndarray, value: float) -> np.ndarray:
+    _check_unit("threshold", value)
+    return np.asarray(probability) > value
+
+
+def smallest_label_dtype(max_id: int) -> np.dtype:
+    """uint16 when ``max_id`` fits, else uint32: label volumes are never int64 (DESIGN.md)."""
+    if max_id < 0:
+        raise ValueError(f"max_id must be >= 0; got {max_id!r}")
+    if max_id <= _UINT16_MAX:
+        return np.dtype(np.uint16)
+    if max_id <= _UINT32_MAX:
+        return np.dtype(np.uint32)
+    raise OverflowError(f"{max_id} objects do not fit a uint32 label volume")
+
+
+def threshold(probability: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """The bool mask ``probability > threshold`` (strict, so a 0.5/0.5 tie is background)."""
+    return _above(probability, threshold)
+
+
+# --------------------------------------------------------------------------------------------------
+# Label maps
+# --------------------------------------------------------------------------------------------------
+def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
+    """Ids 1..N in order of first appearance of the old ids' values, in the smallest label dtype."""
+    labels = _as_labels(labels)
+    relabeled = relabel_sequential(labels)[0]
+    max_id = int(relabeled.max(initial=0))
+    return relabeled.astype(smallest_label_dtype(max_id), copy=False)
+
+
+def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Objects with fewer than ``min_size`` voxels become background; other ids are kept as they are.
+
+    A bincount lookup rather than ``skimage.morphology.remove_small_objects``, whose size argument
+    changed meaning between releases (``min_size`` -> ``max_size`` in 0.26).
+    """
+    _check_min_size(min_size)
+    labels = _as_labels(labels)
+    if min_size <= 1 or labels.size == 0:
+        return labels.copy()
+    small = np.bincount(labels.ravel()) < min_size
+    small[0] = False
+    return np.where(small[labels], 0, labels).astype(labels.dtype, copy=False)
+
+
+def connected_components(mask: np.ndarray, *, min_size: int = 0, connectivity: int = 1) -> np.ndarray:
+    """Ids 1..N for the connected objects of ``mask`` (uint16/uint32), small ones removed.
+
+    ``mask`` may also be an integer class map: each non-zero class is labelled separately, so touching
+    objects of different classes stay apart. ``connectivity`` 1 is faces only, ``mask.ndim`` all
+    neighbours (skimage's convention).
+    """
+    mask = np.asarray(mask)
+    _check_connectivity(connectivity, mask.ndim)
+    labels = sk_label(mask, background=0, connectivity=connectivity)
+    return relabel_consecutive(remove_small(labels, min_size))
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two label maps are equal up to renumbering: same background, and the contingency
+    table of their ids is a bijection (every id of one overlaps exactly one id of the other)."""
+    a, b = _as_labels(a), _as_labels(b)
+    if a.shape != b.shape or not np.array_equal(a == 0, b == 0):
+        return False
+    table = contingency_table(relabel_sequential(a)[0], relabel_sequential(b)[0]).tocsr()
+    return bool(np.all(table.getnnz(axis=1) <= 1) and np.all(table.getnnz(axis=0) <= 1))
+
+
+def fill_holes(labels: np.ndarray, *, in_plane: bool = False) -> np.ndarray:
+    """Fill the background holes enclosed by a single object with that object's id (ids kept).
+
+    3D cavities by default; ``in_plane=True`` fills holes of each z-section (last two axes) instead.
+    Holes bordered by several objects stay background, since no one object owns them.
+    """
+    labels = _as_labels(labels)
+    axes = tuple(range(labels.ndim - 2, labels.ndim)) if in_plane and labels.ndim > 2 else tuple(range(labels.ndim))
+    structure = _face_structure(labels.ndim, axes)
+    holes = ndi.binary_fill_holes(labels > 0, structure=structure) & (labels == 0)
+    filled = labels.copy()
+    if not holes.any():
+        return filled
+    hole_ids, num_holes = ndi.label(holes, structure=structure)
+    owner = _sole_neighbour(hole_ids, num_holes, labels, axes)
+    filled[holes] = owner[hole_ids[holes]]
+    logger.debug("fill_holes: %d of %d holes filled", int(np.count_nonzero(owner)), num_holes)
+    return filled
+
+
+def _face_structure(ndim: int, axes: tuple[int, ...]) -> np.ndarray:
+    """Face connectivity along ``axes`` only (all axes: 3D holes; the last two: in-plane holes)."""
+    structure = np.zeros((3,) * ndim, dtype=bool)
+    for axis in axes:
+        for step in (0, 2):
+            structure[tuple(step if a == axis else 1 for a in range(ndim))] = True
+    structure[(1,) * ndim] = True
+    return structure
+
+
+def _sole_neighbour(hole_ids: np.ndarray, num_holes: int, labels: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """Per hole id, the one object id that borders it along ``axes`` (0 where several do).
+
+    A hole is a maximal component of background, so its face neighbours outside it are all object
+    voxels: comparing each voxel with its neighbour along every axis finds all border ids.
+    """
+    pairs = []
+    for axis in axes:
+        lower = _axis_slice(labels.ndim, axis, slice(None, -1))
+        upper = _axis_slice(labels.ndim, axis, slice(1, None))
+        for hole_side, object_side in ((lower, upper), (upper, lower)):
+            hole, obj = hole_ids[hole_side], labels[object_side]
+            touching = (hole > 0) & (obj > 0)
+            pairs.append(np.stack([hole[touching], obj[touching]]).astype(np.int64))
+    hole, obj = np.unique(np.concatenate(pairs, axis=1), axis=1)
+    sole = np.bincount(hole, minlength=num_holes + 1)[hole] == 1
+    owner = np.zeros(num_holes + 1, dtype=labels.dtype)
+    owner[hole[sole]] = obj[sole]
+    return owner
+
+
+def _axis_slice(ndim: int, axis: int, part: slice) -> tuple[slice, ...]:
+    return tuple(part if a == axis else slice(None) for a in range(ndim))
+
+
+# --------------------------------------------------------------------------------------------------
+# Seeded watershed
+# --------------------------------------------------------------------------------------------------
+def watershed_instances(
+    foreground: np.ndarray,
+    *,
+    contour: np.ndarray | None = None,
+    threshold: float = 0.5,
+    seed_threshold: float = 0.9,
+    min_size: int = 0,
+    min_seed_distance: int = 3,
+    seed_h: float | None = None,
+    sampling: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Instances of ``foreground > threshold``, touching objects split by a seeded watershed.
+
+    With ``contour`` (instance target: ``foreground`` = interior + contour probability), seeds are the
+    confident interior and the flooding follows the contour probability. Without it, seeds are maxima
+    of the mask's distance transform (``sampling``: voxel size, for anisotropic data) and the flooding
+    follows ``-distance``; ``seed_h`` switches from ``peak_local_max`` points to h-maxima plateaus.
+    """
+    _check_unit("seed_threshold", seed_threshold)
+    foreground = np.asarray(foreground, dtype=np.float32)
+    mask = _above(foreground, threshold)
+    if contour is not None:
+        contour = np.asarray(contour, dtype=np.float32)
+        if contour.shape != foreground.shape:
+            raise ValueError(f"contour shape {contour.shape} differs from foreground shape {foreground.shape}")
+        seeds = _interior_seeds(foreground, contour, mask, seed_threshold)
+        elevation = contour
+    else:
+        distance = ndi.distance_transform_edt(mask, sampling=sampling)
+        seeds = _distance_seeds(distance, mask, min_seed_distance, seed_h)
+        elevation = -distance
+    seeds = _seed_unseeded_components(seeds, mask)
+    labels = watershed(elevation, markers=seeds, mask=mask)
+    result = relabel_consecutive(remove_small(labels, min_size))
+    logger.debug("watershed: %d seeds -> %d objects", int(seeds.max(initial=0)), int(result.max(initial=0)))
+    return result
+
+
+def _interior_seeds(foreground: np.ndarray, contour: np.ndarray, mask: np.ndarray, seed_threshold: float) -> np.ndarray:
+    """Components of voxels confidently inside an object and not on its contour."""
+    return sk_label(((foreground - contour) > seed_threshold) & mask, connectivity=1)
+
+
+def _distance_seeds(distance: np.ndarray, mask: np.ndarray, min_distance: int, h: float | None) -> np.ndarray:
+    """Markers at the centres of objects: distance-transform peaks, or h-maxima plateaus."""
+    if h is not None:
+        if h <= 0:
+            raise ValueError(f"seed_h must be > 0; got {h!r}")
+        return sk_label(h_maxima(distance, h).astype(bool) & mask, connectivity=mask.ndim)
+    if min_distance < 1:
+        raise ValueError(f"min_seed_distance must be >= 1; got {min_distance!r}")
+    peaks = peak_local_max(distance, min_distance=min_distance, labels=sk_label(mask), exclude_border=False)
+    seeds = np.zeros(mask.shape, dtype=np.int64)
+    seeds[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    return seeds
+
+
+def _seed_unseeded_components(seeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Seeds inside the mask, plus one seed for each mask component that has none."""
+    seeds = np.where(mask, seeds, 0).astype(np.int64)
+    components = sk_label(mask, connectivity=1)  # the watershed's own (face) connectivity
+    has_seed = np.zeros(int(components.max(initial=0)) + 1, dtype=bool)
+    has_seed[components[seeds > 0]] = True
+    has_seed[0] = True
+    orphan = ~has_seed[components]
+    seeds[orphan] = components[orphan] + seeds.max(initial=0)
+    return seeds
+
+
+# --------------------------------------------------------------------------------------------------
+# Channels -> maps, and the post-processor registry
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PredictionMaps:
+    """What a post-processor needs, decoded from the network's channels."""
+
+    foreground: np.ndarray  # probability that a voxel belongs to any object
+    contour: np.ndarray | None = None  # instance layout: probability of an object's contour
+    classes: np.ndarray | None = None  # semantic layout: argmax class map, 0 background
+
+
+def decode_channels(probabilities: np.ndarray, channel_layout: str = "binary") -> PredictionMaps:
+    """Split ``(C, *spatial)`` softmax/sigmoid outputs into foreground (and contour or classes).
+
+    ``binary``: C=1 (sigmoid foreground) or C=2 (softmax, foreground = channel 1); ``instance``:
+    C=3 (background, interior, contour); ``semantic``: C>=2 softmax classes, 0 background.
+    """
+    probabilities = np.asarray(probabilities)
+    if probabilities.ndim not in (3, 4):
+        raise ValueError(f"probabilities must be (C, y, x) or (C, z, y, x); got shape {probabilities.shape}")
+    channels = probabilities.shape[0]
+    if channel_layout == "binary" and channels in (1, 2):
+        return PredictionMaps(foreground=probabilities[channels - 1])
+    if channel_layout == "instance" and channels == 3:
+        contour = probabilities[INSTANCE_CONTOUR]
+        return PredictionMaps(foreground=probabilities[INSTANCE_INTERIOR] + contour, contour=contour)
+    if channel_layout == "semantic" and channels >= 2:
+        classes = np.argmax(probabilities, axis=0).astype(np.uint8 if channels <= 256 else np.uint16)
+        return PredictionMaps(foreground=1.0 - probabilities[0], classes=classes)
+    if channel_layout not in CHANNEL_LAYOUTS:
+        raise ValueError(f"channel_layout {channel_layout!r} not known; choose one of {', '.join(CHANNEL_LAYOUTS)}")
+    expected = {"binary": "1 or 2", "instance": "3", "semantic": "at least 2"}[channel_layout]
+    raise ValueError(f"channel_layout {channel_layout!r} needs {expected} channels; got {channels}")
+
+
+class Postprocessor(Protocol):
+    """``(maps, *, threshold, min_size) -> label or class volume``."""
+
+    def __call__(self, maps: PredictionMaps, *, threshold: float, min_size: int) -> np.ndarray: ...
+
+
+_P = TypeVar("_P", bound=Callable[..., np.ndarray])
+_REGISTRY: dict[str, Postprocessor] = {}
+
+
+def register_postprocessor(name: str) -> Callable[[_P], _P]:
+    """Decorator: register a :class:`Postprocessor` under ``name``; a name cannot be taken twice."""
+
+    def decorator(function: _P) -> _P:
+        if name in _REGISTRY and _REGISTRY[name] is not function:
+            raise ValueError(f"post-processor {name!r} is already registered")
+        _REGISTRY[name] = function
+        return function
+
+    return decorator
+
+
+def list_postprocessors() -> list[str]:
+    """All registered post-processor names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_postprocessor(name: str) -> Postprocessor:
+    """The post-processor registered under ``name``; the error lists the available names."""
+    if name not in _REGISTRY:
+        from ..config.errors import closest
+
+        hint = closest(name, _REGISTRY)
+        suggestion = f" Did you mean {hint!r}?" if hint else ""
+        raise ValueError(f"Post-processor {name!r} not found.{suggestion} Available: {', '.join(list_postprocessors())}")
+    return _REGISTRY[name]
+
+
+@register_postprocessor("none")
+def _no_instances(maps: PredictionMaps, *, threshold: float, min_size: int) -> np.ndarray:
+    """The uint8 0/1 foreground mask, or the class map for semantic outputs (``min_size`` unused)."""
+    if maps.classes is not None:
+        return maps.classes
+    return _above(maps.foreground, threshold).astype(np.uint8)
+
+
+@register_postprocessor("cc")
+def _cc_instances(maps: PredictionMaps, *, threshold: float, min_size: int) -> np.ndarray:
+    """Connected components of the mask (of each class separately for semantic outputs)."""
+    mask = maps.classes if maps.classes is not None else _above(maps.foreground, threshold)
+    return connected_components(mask, min_size=min_size)
+
+
+@register_postprocessor("watershed")
+def _watershed_instances(maps: PredictionMaps, *, threshold: float, min_size: int) -> np.ndarray:
+    """Seeded watershed, with contour seeds when the layout has a contour channel."""
+    return watershed_instances(maps.foreground, contour=maps.contour, threshold=threshold, min_size=min_size)
+
+
+def postprocess(
+    probabilities: np.ndarray,
+    method: str,
+    *,
+    threshold: float = 0.5,
+    min_size: int = 0,
+    channel_layout: str = "binary",
+) -> np.ndarray:
+    """Network output ``(C, *spatial)`` -> mask, class map or instance labels, by ``method``.
+
+    ``none``: uint8 0/1 mask (semantic: class map); ``cc``: connected components; ``watershed``:
+    :func:`watershed_instances`. ``threshold`` is unused for semantic class maps (argmax).
+    """
+    _check_unit("threshold", threshold)
+    _check_min_size(min_size)
+    function = get_postprocessor(method)
+    maps = decode_channels(probabilities, channel_layout)
+    result = function(maps, threshold=threshold, min_size=min_size)
+    logger.info("post-processing %r (%s): max id %d", method, channel_layout, int(result.max(initial=0)))
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Block-wise connected components
+# --------------------------------------------------------------------------------------------------
+def label_blockwise(
+    mask_source: Any,
+    output: Any,
+    *,
+    block_size: Sequence[int],
+    min_size: int = 0,
+    connectivity: int = 1,
+    callbacks: Sequence[ProgressCallback] = (),
+) -> int:
+    """Connected components of a mask larger than memory, written into ``output``; returns N.
+
+    ``mask_source``: anything with ``.shape`` and numpy slicing (numpy, zarr, h5py, dask) holding a
+    bool/integer mask (non-zero is foreground). ``output``: a uint32 array of the same shape (zarr)
+    that receives ids 1..N. Three passes over the blocks: label each block with offset ids (written
+    into ``output``), collect the id pairs that touch across block boundaries, then merge them with
+    ``csgraph.connected_components``, drop merged objects under ``min_size`` and renumber. Memory: a
+    few blocks plus tables over the provisional ids (counts, pairs, lookup), never the volume.
+    """
+    shape = tuple(int(s) for s in mask_source.shape)
+    block_size = _check_blockwise(shape, output, block_size, min_size, connectivity)
+    blocks = _blocks(shape, block_size)
+    report = _reporter(callbacks, 3 * len(blocks))
+    counts = _label_blocks(mask_source, output, blocks, connectivity, report)
+    pairs = _boundary_pairs(output, blocks, connectivity, report)
+    lookup = _merge_lookup(counts, pairs, min_size)
+    _apply_lookup(output, blocks, lookup, report)
+    num_objects = int(lookup.max(initial=0))
+    logger.info("label_blockwise: %d blocks, %d block labels -> %d objects", len(blocks), len(counts) - 1, num_objects)
+    return num_objects
+
+
+def _check_blockwise(
+    shape: tuple[int, ...], output: Any, block_size: Sequence[int], min_size: int, connectivity: int
+) -> tuple[int, ...]:
+    block_size = tuple(int(b) for b in block_size)
+    if len(block_size) != len(shape) or min(block_size, default=0) < 1:
+        raise ValueError(f"block_size must be {len(shape)} positive sizes for shape {shape}; got {block_size}")
+    if tuple(output.shape) != shape:
+        raise ValueError(f"output shape {tuple(output.shape)} differs from the mask's {shape}")
+    if np.dtype(output.dtype) != np.uint32:
+        raise TypeError(f"output must be a uint32 array (DESIGN.md label volumes); got {output.dtype}")
+    _check_min_size(min_size)
+    _check_connectivity(connectivity, len(shape))
+    return block_size
+
+
+def _blocks(shape: tuple[int, ...], block_size: tuple[int, ...]) -> list[tuple[slice, ...]]:
+    """The grid of blocks covering ``shape`` in raster order (the last ones may be smaller)."""
+    starts = [range(0, size, step) for size, step in zip(shape, block_size)]
+    return [
+        tuple(slice(start, min(start + step, size)) for start, step, size in zip(corner, block_size, shape))
+        for corner in product(*starts)
+    ]
+
+
+def _reporter(callbacks: Sequence[ProgressCallback], total: int) -> Callable[[str], None]:
+    """A step counter that reports ``done`` of ``total`` blocks to the progress callbacks."""
+    done = 0
+
+    def step(message: str) -> None:
+        nonlocal done
+        done += 1
+        if callbacks:
+            emit(callbacks, Progress(done=done, total=total, message=message, stage="predict"))
+
+    return step
+
+
+def _label_blocks(
+    mask_source: Any, output: Any, blocks: list[tuple[slice, ...]], connectivity: int, report: Callable[[str], None]
+) -> np.ndarray:
+    """Pass 1: label every block on its own with ids offset past the previous blocks'; returns the
+    voxel count of each provisional id (index 0: background, counted as 0)."""
+    counts = [np.zeros(1, dtype=np.int64)]
+    offset = 0
+    for block in blocks:
+        labels, num = sk_label(np.asarray(mask_source[block]) != 0, connectivity=connectivity, return_num=True)
+        if offset + num > _UINT32_MAX:
+            raise OverflowError("more block labels than a uint32 volume can hold; use larger blocks")
+        counts.append(np.bincount(labels.ravel(), minlength=num + 1)[1:])
+        output[block] = np.where(labels > 0, labels + offset, 0).astype(np.uint32)
+        offset += num
+        report("labelling blocks")
+    return np.concatenate(counts)
+
+
+def _boundary_pairs(
+    output: Any, blocks: list[tuple[slice, ...]], connectivity: int, report: Callable[[str], None]
+) -> np.ndarray:
+    """Pass 2: the (id, id) pairs of neighbouring voxels that lie on the two sides of a block's low
+    faces. Each slab spans the block plus one voxel on every side within the face, so pairs that
+    cross an edge or corner diagonally (connectivity > 1) are found too."""
+    shape = tuple(output.shape)
+    pairs = [np.zeros((0, 2), dtype=np.uint32)]
+    for block in blocks:
+        for axis, side in enumerate(block):
+            if side.start == 0:
+                continue
+            slab = tuple(
+                slice(side.start - 1, side.start + 1) if a == axis else slice(max(s.start - 1, 0), min(s.stop + 1, shape[a]))
+                for a, s in enumerate(block)
+            )
+            pairs.append(_crossing_pairs(np.asarray(output[slab]), axis, connectivity))
+        report("merging block faces")
+    return np.concatenate(pairs)
+
+
+def _crossing_pairs(slab: np.ndarray, axis: int, connectivity: int) -> np.ndarray:
+    """Distinct pairs of different non-zero ids across the two planes of ``slab`` along ``axis``,
+    for every neighbour offset that ``connectivity`` allows (at most ``connectivity`` non-zero steps)."""
+    low, high = np.moveaxis(slab, axis, 0)
+    found = []
+    for shift in product((-1, 0, 1), repeat=low.ndim):
+        if 1 + np.count_nonzero(shift) > connectivity:
+            continue
+        low_part = tuple(slice(max(-s, 0), low.shape[d] - max(s, 0)) for d, s in enumerate(shift))
+        high_part = tuple(slice(max(s, 0), high.shape[d] - max(-s, 0)) for d, s in enumerate(shift))
+        a, b = low[low_part].ravel(), high[high_part].ravel()
+        keep = (a > 0) & (b > 0) & (a != b)
+        found.append(np.stack([a[keep], b[keep]], axis=1))
+    return np.unique(np.concatenate(found), axis=0)
+
+
+def _merge_lookup(counts: np.ndarray, pairs: np.ndarray, min_size: int) -> np.ndarray:
+    """Provisional id -> final id: union of touching ids, objects under ``min_size`` dropped, the
+    rest numbered 1..N in raster order of their first block."""
+    num_ids = len(counts)
+    edges = np.ones(len(pairs), dtype=np.int8)
+    graph = sparse.coo_matrix((edges, (pairs[:, 0], pairs[:, 1])), shape=(num_ids, num_ids))
+    num_components, component = csgraph.connected_components(graph, directed=False)
+    sizes = np.bincount(component, weights=counts, minlength=num_components)
+    keep = sizes >= max(min_size, 1)
+    keep[component[0]] = False  # background (id 0) never becomes an object
+    final = np.zeros(num_components, dtype=np.uint32)
+    final[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
+    return final[component]
+
+
+def _apply_lookup(output: Any, blocks: list[tuple[slice, ...]], lookup: np.ndarray, report: Callable[[str], None]) -> None:
+    """Pass 3: rewrite every block's provisional ids as final ids."""
+    for block in blocks:
+        output[block] = lookup[np.asarray(output[block])]
+        report("writing final ids")
