@@ -43,10 +43,11 @@ def test_json_reads_the_labels_array_by_default(files):
 
 def test_probabilities_are_thresholded(files):
     result = run("--prediction", f"{files / 'pred.h5'}:probabilities", "--label", f"{files / 'truth.h5'}:label",
-                 "--semantic", "--json")
+                 "--json")
     assert result.returncode == 0, result.stderr
     scores = json.loads(result.stdout)
-    assert scores["iou"] == 1.0 and "voi_split" not in scores
+    # thresholded foreground is exact; its connected components are the two true objects
+    assert scores["iou"] == 1.0 and scores["n_pred"] == 2 and scores["f1"] == 1.0
 
 
 def test_missing_key_lists_the_keys(files):
