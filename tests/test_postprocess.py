@@ -13,12 +13,14 @@ import zarr
 from napari_connectomics.data.targets import instance_contours
 from napari_connectomics.inference.postprocess import (
     POSTPROCESSORS,
+    PredictionMaps,
     connected_components,
     fill_holes,
     get_postprocessor,
     label_blockwise,
     list_postprocessors,
     postprocess,
+    register_postprocessor,
     relabel_consecutive,
     remove_small,
     same_partition,
@@ -26,6 +28,7 @@ from napari_connectomics.inference.postprocess import (
     threshold,
     watershed_instances,
 )
+from napari_connectomics.progress import Progress
 
 SHAPE = (48, 48, 48)
 RADIUS = 8
@@ -36,13 +39,15 @@ CENTRES = ((24, 17, 17), (24, 17, 32), (24, 31, 24))
 def _spheres(centres: tuple[tuple[int, int, int], ...], radius: float = RADIUS) -> np.ndarray:
     """Instance labels of balls; a voxel inside several balls goes to the nearest centre."""
     grid = np.indices(SHAPE, dtype=np.float32)
-    distances = np.stack([np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre))) for centre in centres])
+    distances = np.stack(
+        [np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre))) for centre in centres]
+    )
     nearest = np.argmin(distances, axis=0)
     return np.where(distances.min(axis=0) <= radius, nearest + 1, 0).astype(np.uint16)
 
 
 def _soft_instance_probabilities(labels: np.ndarray, spatial_dims: int) -> np.ndarray:
-    """A (3, *spatial) softmax-like output (background, interior, contour), blurred like a network's."""
+    """A (3, *spatial) softmax-like output (background, interior, contour), blurred a little."""
     contour = instance_contours(labels, spatial_dims=spatial_dims)
     classes = np.where(contour, 2, np.where(labels > 0, 1, 0))
     one_hot = np.stack([classes == c for c in range(3)]).astype(np.float32)
@@ -71,7 +76,8 @@ def test_threshold_is_strict_and_checked():
 
 
 @pytest.mark.parametrize(
-    ("max_id", "dtype"), [(0, np.uint16), (65535, np.uint16), (65536, np.uint32), (2**32 - 1, np.uint32)]
+    ("max_id", "dtype"),
+    [(0, np.uint16), (65535, np.uint16), (65536, np.uint32), (2**32 - 1, np.uint32)],
 )
 def test_smallest_label_dtype(max_id, dtype):
     assert smallest_label_dtype(max_id) == np.dtype(dtype)
@@ -127,6 +133,17 @@ def test_connectivity_joins_diagonals_only_when_asked():
         connected_components(mask, connectivity=3)
 
 
+def test_empty_inputs_give_empty_labels():
+    empty = np.zeros((6, 7, 8), dtype=np.float32)
+    for labels in (
+        connected_components(empty > 0.5),
+        watershed_instances(empty),
+        watershed_instances(empty, contour=empty),
+        fill_holes(np.zeros((6, 7, 8), dtype=np.uint16)),
+    ):
+        assert labels.dtype == np.uint16 and not labels.any()
+
+
 # --------------------------------------------------------------------------------------------------
 # Touching spheres: cc merges, watershed splits
 # --------------------------------------------------------------------------------------------------
@@ -138,7 +155,7 @@ def test_watershed_splits_touching_spheres_from_the_distance_transform(fixture, 
     labels = watershed_instances(foreground)
     assert labels.dtype == np.uint16
     assert labels.max() == truth.max()
-    assert same_partition(labels, truth) or _mostly_matches(labels, truth)
+    assert _mostly_matches(labels, truth, 0.95)
 
 
 def test_watershed_h_maxima_seeds(triple):
@@ -234,7 +251,8 @@ def test_postprocess_instance_three_channels(triple):
     assert labels.dtype == np.uint16 and labels.max() == 3
     assert postprocess(probabilities, "cc", channel_layout="instance").max() == 1
     mask = postprocess(probabilities, "none", channel_layout="instance")
-    assert mask.dtype == np.uint8 and np.array_equal(mask > 0, probabilities[1] + probabilities[2] > 0.5)
+    assert mask.dtype == np.uint8
+    assert np.array_equal(mask > 0, probabilities[1] + probabilities[2] > 0.5)
 
 
 def test_postprocess_semantic_class_map():
@@ -247,11 +265,19 @@ def test_postprocess_semantic_class_map():
     assert postprocess(probabilities, "cc", channel_layout="semantic").max() == 2
 
 
+def test_registering_a_taken_name_fails():
+    def other(maps: PredictionMaps, *, threshold: float, min_size: int) -> np.ndarray:
+        return maps.foreground
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_postprocessor("cc")(other)
+
+
 def test_postprocess_errors_name_the_choices():
     assert POSTPROCESSORS == ("none", "cc", "watershed")
     assert set(POSTPROCESSORS) <= set(list_postprocessors())
     assert get_postprocessor("cc") is get_postprocessor("cc")
-    with pytest.raises(ValueError, match="Did you mean 'watershed'.*Available: cc, none, watershed"):
+    with pytest.raises(ValueError, match="Did you mean 'watershed'.*Available: cc, none, water"):
         postprocess(np.zeros((1, 4, 4)), "watershd")
     with pytest.raises(ValueError, match="needs 3 channels; got 2"):
         postprocess(np.zeros((2, 4, 4)), "cc", channel_layout="instance")
@@ -268,10 +294,17 @@ BLOCKWISE_SHAPE = (64, 96, 96)
 BLOCK = (16, 32, 32)
 
 
-def _blobby_mask(shape: tuple[int, ...], seed: int = 0, sigma: float = 2.5, level: float = 0.02) -> np.ndarray:
-    """Random blobs of many sizes, plus a ball centred on a block corner and a rod along z."""
-    rng = np.random.default_rng(seed)
-    mask = ndi.gaussian_filter(rng.standard_normal(shape), sigma) > level
+def _random_blobs(
+    shape: tuple[int, ...], seed: int = 0, sigma: float = 2.5, level: float = 1.0
+) -> np.ndarray:
+    """Smoothed noise above ``level`` standard deviations: separate blobs of many sizes."""
+    smooth = ndi.gaussian_filter(np.random.default_rng(seed).standard_normal(shape), sigma)
+    return smooth > level * smooth.std()
+
+
+def _blobby_mask(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """Random blobs, plus a ball centred on a corner shared by 8 blocks and a rod along z."""
+    mask = _random_blobs(shape, seed)
     grid = np.indices(shape)
     mask |= sum((g - c) ** 2 for g, c in zip(grid, (32, 64, 32))) <= 36  # corner of 8 blocks
     mask[:, 5, 5] = True  # thin rod: tiny in each block, long in total
@@ -279,7 +312,8 @@ def _blobby_mask(shape: tuple[int, ...], seed: int = 0, sigma: float = 2.5, leve
 
 
 def _zarr_output(tmp_path, shape, chunks) -> zarr.Array:
-    return zarr.open_array(str(tmp_path / "labels.zarr"), mode="w", shape=shape, chunks=chunks, dtype="uint32")
+    path = str(tmp_path / "labels.zarr")
+    return zarr.open_array(path, mode="w", shape=shape, chunks=chunks, dtype="uint32")
 
 
 @pytest.fixture(scope="module")
@@ -321,7 +355,7 @@ def test_label_blockwise_diagonal_connectivity_across_edges_and_corners(tmp_path
 
 
 def test_label_blockwise_from_hdf5_in_2d(tmp_path):
-    mask = _blobby_mask((96, 80), seed=3, sigma=2.0)
+    mask = _random_blobs((96, 80), seed=3, sigma=2.0)
     with h5py.File(tmp_path / "mask.h5", "w") as f:
         source = f.create_dataset("mask", data=mask.astype(np.uint8), chunks=(16, 16))
         output = _zarr_output(tmp_path, mask.shape, (16, 16))
@@ -331,16 +365,27 @@ def test_label_blockwise_from_hdf5_in_2d(tmp_path):
     assert same_partition(output[:], expected)
 
 
-def test_label_blockwise_memory_stays_near_a_few_blocks(tmp_path, blobby):
-    source = zarr.open_array(str(tmp_path / "mask.zarr"), mode="w", shape=blobby.shape, chunks=BLOCK, dtype="uint8")
-    source[:] = blobby
-    output = _zarr_output(tmp_path, blobby.shape, BLOCK)
+def test_label_blockwise_memory_stays_near_a_few_blocks():
+    """Allocations while labelling stay far below the volume (source, output exist before)."""
+    shape = (96, 160, 160)  # a 9.8 MB uint32 label volume, 150 blocks
+    grid = np.indices(shape, sparse=True)
+    mask = (grid[0] // 6 + grid[1] // 6 + grid[2] // 6) % 3 == 0  # diagonal sheets across blocks
+    output = np.zeros(shape, dtype=np.uint32)
     tracemalloc.start()
-    label_blockwise(source, output, block_size=BLOCK)
+    count = label_blockwise(mask, output, block_size=BLOCK)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    volume_uint32 = blobby.size * 4
-    assert peak < volume_uint32 / 3, f"peak {peak / 1e6:.1f} MB for a {volume_uint32 / 1e6:.1f} MB label volume"
+    assert count == connected_components(mask).max()
+    message = f"peak {peak / 1e6:.1f} MB for a {output.nbytes / 1e6:.1f} MB label volume"
+    assert peak < output.nbytes / 4, message
+
+
+def test_label_blockwise_reports_progress(tmp_path):
+    seen: list[Progress] = []
+    mask = np.ones((8, 8), dtype=bool)
+    output = _zarr_output(tmp_path, mask.shape, (4, 4))
+    assert label_blockwise(mask, output, block_size=(4, 4), callbacks=[seen.append]) == 1
+    assert [p.done for p in seen] == list(range(1, 9)) and {p.total for p in seen} == {8}
 
 
 def test_label_blockwise_checks_its_arguments(tmp_path):

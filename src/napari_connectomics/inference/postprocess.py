@@ -1,36 +1,37 @@
 """Predicted probabilities -> masks and instance labels (DESIGN.md, "Conventions for data").
 
 Whole volumes
-    :func:`postprocess` decodes the network's channels (``channel_layout`` ``binary``, ``instance`` or
-    ``semantic``) and runs one registered post-processor: ``none`` (a mask or class map), ``cc``
-    (connected components) or ``watershed`` (seeded watershed that splits touching objects).
-    Label volumes come out as uint16 when the ids fit, else uint32 (never int64), with consecutive
-    ids 1..N and 0 as background.
+    :func:`postprocess` decodes the network's channels (``channel_layout`` ``binary``,
+    ``instance`` or ``semantic``) and runs one registered post-processor: ``none`` (a mask or
+    class map), ``cc`` (connected components) or ``watershed`` (a seeded watershed that splits
+    touching objects). Label volumes come out as uint16 when the ids fit, else uint32 (never
+    int64), with consecutive ids 1..N and 0 as background.
 
 Volumes larger than memory
-    :func:`label_blockwise` labels a mask block by block and merges the labels across block faces, so
-    its result equals :func:`connected_components` of the whole mask up to renumbering while holding
-    only a few blocks (plus per-id tables) in memory. The watershed has no block-wise form here: it
-    needs context across blocks (seeds, basins), so it runs on whole volumes, or on large blocks read
-    with a halo by the prediction pipeline.
+    :func:`label_blockwise` labels a mask block by block and merges the labels across block
+    faces, so its result equals :func:`connected_components` of the whole mask up to renumbering
+    while it holds a block (plus per-id tables) in memory. The watershed has no block-wise form
+    here: seeds and basins need context across blocks, so it runs on whole volumes, or on large
+    blocks that the prediction pipeline reads with a halo.
 
 Choices made here:
 
-* ``threshold`` is strict (``p > t``), so with a two-class softmax and ``t = 0.5`` the mask equals
+* ``threshold`` is strict (``p > t``): with a two-class softmax and ``t = 0.5`` the mask equals
   the argmax (ties go to background).
-* ``min_size`` keeps objects with at least ``min_size`` voxels (the config's "objects smaller than
+* ``min_size`` keeps objects of at least ``min_size`` voxels (the config's "objects smaller than
   this are removed"); removed objects become background, never merged into a neighbour.
-* Watershed seeds: with a contour map, the connected components of the confident interior
-  (``foreground - contour > seed_threshold``), flooded over the contour probability, so seeds follow
-  what the network learnt. Without one, the maxima of the distance transform of the mask, flooded over
-  ``-distance``: ``peak_local_max`` points at least ``min_seed_distance`` apart (good for compact
-  objects: vesicles, mitochondria, nuclei), or with ``seed_h`` the h-maxima (plateaus of dynamic >= h,
-  which keep an elongated neurite with a wavy radius in one piece). A mask component without a seed
-  becomes its own seed, so the watershed never drops foreground that ``cc`` would keep.
-* ``fill_holes`` fills a hole only with the one object that encloses it; a cavity bordered by several
-  objects stays background. Holes are 3D by default (only truly enclosed cavities: the lumen of a
-  tube that runs along z, e.g. an axon inside a myelin sheath, is left alone); ``in_plane=True`` fills
-  each z-section separately, for strongly anisotropic stacks.
+* Watershed seeds. With a contour map (instance target): the connected components of the
+  confident interior, ``foreground - contour > seed_threshold``, flooded over the contour
+  probability, so the split follows what the network learnt. Without one: maxima of the distance
+  transform of the mask, flooded over ``-distance``; by default ``peak_local_max`` points at least
+  ``min_seed_distance`` apart (compact objects: vesicles, mitochondria, nuclei), or with ``seed_h``
+  the h-maxima (plateaus of dynamic >= h, which keep a neurite with a wavy radius in one piece).
+  A mask component without any seed becomes its own seed, so the watershed never drops
+  foreground that ``cc`` would keep.
+* ``fill_holes`` fills a hole only with the one object that encloses it; a cavity bordered by
+  several objects stays background. Holes are 3D by default (only truly enclosed cavities: the
+  lumen of a tube running along z, e.g. an axon inside a myelin sheath, is left alone);
+  ``in_plane=True`` fills each z-section separately, for strongly anisotropic stacks.
 """
 
 from __future__ import annotations
@@ -98,11 +99,13 @@ def _check_min_size(min_size: int) -> None:
 
 def _check_connectivity(connectivity: int, ndim: int) -> None:
     if not 1 <= connectivity <= ndim:
-        raise ValueError(f"connectivity must be between 1 and {ndim} for {ndim}D data; got {connectivity!r}")
+        raise ValueError(
+            f"connectivity must be between 1 and {ndim} for {ndim}D data; got {connectivity!r}"
+        )
 
 
 def _as_labels(labels: np.ndarray) -> np.ndarray:
-    """An integer label array; floats or bools here are a caller's bug, not something to round."""
+    """An integer label array: floats or bools here are a caller's bug, not something to round."""
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(f"labels must be an integer array; got dtype {labels.dtype}")
@@ -136,18 +139,17 @@ def threshold(probability: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 # Label maps
 # --------------------------------------------------------------------------------------------------
 def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
-    """Ids 1..N in order of first appearance of the old ids' values, in the smallest label dtype."""
+    """Ids 1..N (same order as the old ids) in the smallest label dtype; 0 stays background."""
     labels = _as_labels(labels)
     relabeled = relabel_sequential(labels)[0]
-    max_id = int(relabeled.max(initial=0))
-    return relabeled.astype(smallest_label_dtype(max_id), copy=False)
+    return relabeled.astype(smallest_label_dtype(int(relabeled.max(initial=0))), copy=False)
 
 
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Objects with fewer than ``min_size`` voxels become background; other ids are kept as they are.
+    """Objects with fewer than ``min_size`` voxels become background; other ids are kept as is.
 
-    A bincount lookup rather than ``skimage.morphology.remove_small_objects``, whose size argument
-    changed meaning between releases (``min_size`` -> ``max_size`` in 0.26).
+    A bincount lookup rather than ``skimage.morphology.remove_small_objects``, whose size
+    argument changed meaning between releases (``min_size`` -> ``max_size`` in 0.26).
     """
     _check_min_size(min_size)
     labels = _as_labels(labels)
@@ -158,12 +160,14 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return np.where(small[labels], 0, labels).astype(labels.dtype, copy=False)
 
 
-def connected_components(mask: np.ndarray, *, min_size: int = 0, connectivity: int = 1) -> np.ndarray:
-    """Ids 1..N for the connected objects of ``mask`` (uint16/uint32), small ones removed.
+def connected_components(
+    mask: np.ndarray, *, min_size: int = 0, connectivity: int = 1
+) -> np.ndarray:
+    """Ids 1..N (uint16/uint32) for the connected objects of ``mask``, small ones removed.
 
-    ``mask`` may also be an integer class map: each non-zero class is labelled separately, so touching
-    objects of different classes stay apart. ``connectivity`` 1 is faces only, ``mask.ndim`` all
-    neighbours (skimage's convention).
+    ``mask`` may also be an integer class map: each non-zero class is labelled separately, so
+    touching objects of different classes stay apart. ``connectivity`` 1 is faces only,
+    ``mask.ndim`` all neighbours (skimage's convention).
     """
     mask = np.asarray(mask)
     _check_connectivity(connectivity, mask.ndim)
@@ -172,8 +176,8 @@ def connected_components(mask: np.ndarray, *, min_size: int = 0, connectivity: i
 
 
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two label maps are equal up to renumbering: same background, and the contingency
-    table of their ids is a bijection (every id of one overlaps exactly one id of the other)."""
+    """Whether two label maps are equal up to renumbering: the same background, and a contingency
+    table of their ids that is a bijection (each id overlaps exactly one id of the other map)."""
     a, b = _as_labels(a), _as_labels(b)
     if a.shape != b.shape or not np.array_equal(a == 0, b == 0):
         return False
@@ -184,11 +188,12 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 def fill_holes(labels: np.ndarray, *, in_plane: bool = False) -> np.ndarray:
     """Fill the background holes enclosed by a single object with that object's id (ids kept).
 
-    3D cavities by default; ``in_plane=True`` fills holes of each z-section (last two axes) instead.
+    3D cavities by default; ``in_plane=True`` fills the holes of each z-section (last two axes).
     Holes bordered by several objects stay background, since no one object owns them.
     """
     labels = _as_labels(labels)
-    axes = tuple(range(labels.ndim - 2, labels.ndim)) if in_plane and labels.ndim > 2 else tuple(range(labels.ndim))
+    first = labels.ndim - 2 if in_plane and labels.ndim > 2 else 0
+    axes = tuple(range(first, labels.ndim))
     structure = _face_structure(labels.ndim, axes)
     holes = ndi.binary_fill_holes(labels > 0, structure=structure) & (labels == 0)
     filled = labels.copy()
@@ -197,12 +202,12 @@ def fill_holes(labels: np.ndarray, *, in_plane: bool = False) -> np.ndarray:
     hole_ids, num_holes = ndi.label(holes, structure=structure)
     owner = _sole_neighbour(hole_ids, num_holes, labels, axes)
     filled[holes] = owner[hole_ids[holes]]
-    logger.debug("fill_holes: %d of %d holes filled", int(np.count_nonzero(owner)), num_holes)
+    logger.debug("fill_holes: %d of %d holes filled", np.count_nonzero(owner), num_holes)
     return filled
 
 
 def _face_structure(ndim: int, axes: tuple[int, ...]) -> np.ndarray:
-    """Face connectivity along ``axes`` only (all axes: 3D holes; the last two: in-plane holes)."""
+    """Face connectivity along ``axes`` only (all axes: 3D holes; the last two: in-plane)."""
     structure = np.zeros((3,) * ndim, dtype=bool)
     for axis in axes:
         for step in (0, 2):
@@ -211,11 +216,13 @@ def _face_structure(ndim: int, axes: tuple[int, ...]) -> np.ndarray:
     return structure
 
 
-def _sole_neighbour(hole_ids: np.ndarray, num_holes: int, labels: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+def _sole_neighbour(
+    hole_ids: np.ndarray, num_holes: int, labels: np.ndarray, axes: tuple[int, ...]
+) -> np.ndarray:
     """Per hole id, the one object id that borders it along ``axes`` (0 where several do).
 
-    A hole is a maximal component of background, so its face neighbours outside it are all object
-    voxels: comparing each voxel with its neighbour along every axis finds all border ids.
+    A hole is a maximal component of background, so its face neighbours outside it are all
+    object voxels: comparing each voxel with its neighbour along every axis finds its border ids.
     """
     pairs = []
     for axis in axes:
@@ -252,10 +259,11 @@ def watershed_instances(
 ) -> np.ndarray:
     """Instances of ``foreground > threshold``, touching objects split by a seeded watershed.
 
-    With ``contour`` (instance target: ``foreground`` = interior + contour probability), seeds are the
-    confident interior and the flooding follows the contour probability. Without it, seeds are maxima
-    of the mask's distance transform (``sampling``: voxel size, for anisotropic data) and the flooding
-    follows ``-distance``; ``seed_h`` switches from ``peak_local_max`` points to h-maxima plateaus.
+    With ``contour`` (instance target: ``foreground`` = interior + contour probability), seeds are
+    the confident interior and the flooding follows the contour probability. Without it, seeds
+    are maxima of the mask's distance transform (``sampling``: voxel size, for anisotropic data)
+    and the flooding follows ``-distance``; ``seed_h`` switches from ``peak_local_max`` points to
+    h-maxima plateaus. See the module notes for why.
     """
     _check_unit("seed_threshold", seed_threshold)
     foreground = np.asarray(foreground, dtype=np.float32)
@@ -263,8 +271,10 @@ def watershed_instances(
     if contour is not None:
         contour = np.asarray(contour, dtype=np.float32)
         if contour.shape != foreground.shape:
-            raise ValueError(f"contour shape {contour.shape} differs from foreground shape {foreground.shape}")
-        seeds = _interior_seeds(foreground, contour, mask, seed_threshold)
+            raise ValueError(
+                f"contour shape {contour.shape} differs from foreground shape {foreground.shape}"
+            )
+        seeds = _interior_seeds(foreground - contour, mask, seed_threshold)
         elevation = contour
     else:
         distance = ndi.distance_transform_edt(mask, sampling=sampling)
@@ -273,16 +283,18 @@ def watershed_instances(
     seeds = _seed_unseeded_components(seeds, mask)
     labels = watershed(elevation, markers=seeds, mask=mask)
     result = relabel_consecutive(remove_small(labels, min_size))
-    logger.debug("watershed: %d seeds -> %d objects", int(seeds.max(initial=0)), int(result.max(initial=0)))
+    logger.debug("watershed: %d seeds -> %d objects", seeds.max(initial=0), result.max(initial=0))
     return result
 
 
-def _interior_seeds(foreground: np.ndarray, contour: np.ndarray, mask: np.ndarray, seed_threshold: float) -> np.ndarray:
-    """Components of voxels confidently inside an object and not on its contour."""
-    return sk_label(((foreground - contour) > seed_threshold) & mask, connectivity=1)
+def _interior_seeds(interior: np.ndarray, mask: np.ndarray, seed_threshold: float) -> np.ndarray:
+    """Components of the voxels confidently inside an object and not on its contour."""
+    return sk_label((interior > seed_threshold) & mask, connectivity=1)
 
 
-def _distance_seeds(distance: np.ndarray, mask: np.ndarray, min_distance: int, h: float | None) -> np.ndarray:
+def _distance_seeds(
+    distance: np.ndarray, mask: np.ndarray, min_distance: int, h: float | None
+) -> np.ndarray:
     """Markers at the centres of objects: distance-transform peaks, or h-maxima plateaus."""
     if h is not None:
         if h <= 0:
@@ -290,14 +302,16 @@ def _distance_seeds(distance: np.ndarray, mask: np.ndarray, min_distance: int, h
         return sk_label(h_maxima(distance, h).astype(bool) & mask, connectivity=mask.ndim)
     if min_distance < 1:
         raise ValueError(f"min_seed_distance must be >= 1; got {min_distance!r}")
-    peaks = peak_local_max(distance, min_distance=min_distance, labels=sk_label(mask), exclude_border=False)
+    peaks = peak_local_max(
+        distance, min_distance=min_distance, labels=sk_label(mask), exclude_border=False
+    ).reshape(-1, mask.ndim)  # skimage returns a flat empty array when there are no peaks
     seeds = np.zeros(mask.shape, dtype=np.int64)
     seeds[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     return seeds
 
 
 def _seed_unseeded_components(seeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Seeds inside the mask, plus one seed for each mask component that has none."""
+    """The seeds inside the mask, plus one seed for each mask component that has none."""
     seeds = np.where(mask, seeds, 0).astype(np.int64)
     components = sk_label(mask, connectivity=1)  # the watershed's own (face) connectivity
     has_seed = np.zeros(int(components.max(initial=0)) + 1, dtype=bool)
@@ -320,7 +334,9 @@ class PredictionMaps:
     classes: np.ndarray | None = None  # semantic layout: argmax class map, 0 background
 
 
-def decode_channels(probabilities: np.ndarray, channel_layout: str = "binary") -> PredictionMaps:
+def decode_channels(
+    probabilities: np.ndarray, channel_layout: str = "binary"
+) -> PredictionMaps:
     """Split ``(C, *spatial)`` softmax/sigmoid outputs into foreground (and contour or classes).
 
     ``binary``: C=1 (sigmoid foreground) or C=2 (softmax, foreground = channel 1); ``instance``:
@@ -328,18 +344,25 @@ def decode_channels(probabilities: np.ndarray, channel_layout: str = "binary") -
     """
     probabilities = np.asarray(probabilities)
     if probabilities.ndim not in (3, 4):
-        raise ValueError(f"probabilities must be (C, y, x) or (C, z, y, x); got shape {probabilities.shape}")
+        raise ValueError(
+            f"probabilities must be (C, y, x) or (C, z, y, x); got shape {probabilities.shape}"
+        )
     channels = probabilities.shape[0]
     if channel_layout == "binary" and channels in (1, 2):
         return PredictionMaps(foreground=probabilities[channels - 1])
     if channel_layout == "instance" and channels == 3:
         contour = probabilities[INSTANCE_CONTOUR]
-        return PredictionMaps(foreground=probabilities[INSTANCE_INTERIOR] + contour, contour=contour)
+        foreground = probabilities[INSTANCE_INTERIOR] + contour
+        return PredictionMaps(foreground=foreground, contour=contour)
     if channel_layout == "semantic" and channels >= 2:
-        classes = np.argmax(probabilities, axis=0).astype(np.uint8 if channels <= 256 else np.uint16)
+        class_dtype = np.uint8 if channels <= 256 else np.uint16
+        classes = np.argmax(probabilities, axis=0).astype(class_dtype)
         return PredictionMaps(foreground=1.0 - probabilities[0], classes=classes)
     if channel_layout not in CHANNEL_LAYOUTS:
-        raise ValueError(f"channel_layout {channel_layout!r} not known; choose one of {', '.join(CHANNEL_LAYOUTS)}")
+        raise ValueError(
+            f"channel_layout {channel_layout!r} not known; "
+            f"choose one of {', '.join(CHANNEL_LAYOUTS)}"
+        )
     expected = {"binary": "1 or 2", "instance": "3", "semantic": "at least 2"}[channel_layout]
     raise ValueError(f"channel_layout {channel_layout!r} needs {expected} channels; got {channels}")
 
@@ -378,13 +401,16 @@ def get_postprocessor(name: str) -> Postprocessor:
 
         hint = closest(name, _REGISTRY)
         suggestion = f" Did you mean {hint!r}?" if hint else ""
-        raise ValueError(f"Post-processor {name!r} not found.{suggestion} Available: {', '.join(list_postprocessors())}")
+        raise ValueError(
+            f"Post-processor {name!r} not found.{suggestion} "
+            f"Available: {', '.join(list_postprocessors())}"
+        )
     return _REGISTRY[name]
 
 
 @register_postprocessor("none")
 def _no_instances(maps: PredictionMaps, *, threshold: float, min_size: int) -> np.ndarray:
-    """The uint8 0/1 foreground mask, or the class map for semantic outputs (``min_size`` unused)."""
+    """The uint8 0/1 foreground mask, or the class map of semantic outputs (``min_size`` unused)."""
     if maps.classes is not None:
         return maps.classes
     return _above(maps.foreground, threshold).astype(np.uint8)
@@ -399,8 +425,10 @@ def _cc_instances(maps: PredictionMaps, *, threshold: float, min_size: int) -> n
 
 @register_postprocessor("watershed")
 def _watershed_instances(maps: PredictionMaps, *, threshold: float, min_size: int) -> np.ndarray:
-    """Seeded watershed, with contour seeds when the layout has a contour channel."""
-    return watershed_instances(maps.foreground, contour=maps.contour, threshold=threshold, min_size=min_size)
+    """Seeded watershed, with interior seeds when the layout has a contour channel."""
+    return watershed_instances(
+        maps.foreground, contour=maps.contour, threshold=threshold, min_size=min_size
+    )
 
 
 def postprocess(
@@ -414,14 +442,14 @@ def postprocess(
     """Network output ``(C, *spatial)`` -> mask, class map or instance labels, by ``method``.
 
     ``none``: uint8 0/1 mask (semantic: class map); ``cc``: connected components; ``watershed``:
-    :func:`watershed_instances`. ``threshold`` is unused for semantic class maps (argmax).
+    :func:`watershed_instances`. Semantic class maps are argmax: ``threshold`` does not apply.
     """
     _check_unit("threshold", threshold)
     _check_min_size(min_size)
     function = get_postprocessor(method)
     maps = decode_channels(probabilities, channel_layout)
     result = function(maps, threshold=threshold, min_size=min_size)
-    logger.info("post-processing %r (%s): max id %d", method, channel_layout, int(result.max(initial=0)))
+    logger.info("post-processing %r (%s): max id %d", method, channel_layout, result.max(initial=0))
     return result
 
 
@@ -439,23 +467,27 @@ def label_blockwise(
 ) -> int:
     """Connected components of a mask larger than memory, written into ``output``; returns N.
 
-    ``mask_source``: anything with ``.shape`` and numpy slicing (numpy, zarr, h5py, dask) holding a
-    bool/integer mask (non-zero is foreground). ``output``: a uint32 array of the same shape (zarr)
-    that receives ids 1..N. Three passes over the blocks: label each block with offset ids (written
-    into ``output``), collect the id pairs that touch across block boundaries, then merge them with
-    ``csgraph.connected_components``, drop merged objects under ``min_size`` and renumber. Memory: a
-    few blocks plus tables over the provisional ids (counts, pairs, lookup), never the volume.
+    ``mask_source``: anything with ``.shape`` and numpy slicing (numpy, zarr, h5py, dask) that
+    holds a bool/integer mask (non-zero is foreground). ``output``: a uint32 array (zarr) of the
+    same shape that receives ids 1..N. Pass 1 labels each block with ids offset past the earlier
+    blocks', writes them, and collects the id pairs that touch across the block's low faces; the
+    pairs are merged with ``csgraph.connected_components``, objects under ``min_size`` (counted
+    after merging) dropped, the rest renumbered; pass 2 rewrites every block with its final ids.
+    Memory: a block and its face planes plus tables over the block ids, never the volume. Align
+    ``output``'s chunks with ``block_size`` to avoid rewriting partial chunks.
     """
     shape = tuple(int(s) for s in mask_source.shape)
     block_size = _check_blockwise(shape, output, block_size, min_size, connectivity)
     blocks = _blocks(shape, block_size)
-    report = _reporter(callbacks, 3 * len(blocks))
-    counts = _label_blocks(mask_source, output, blocks, connectivity, report)
-    pairs = _boundary_pairs(output, blocks, connectivity, report)
+    report = _reporter(callbacks, 2 * len(blocks))
+    counts, pairs = _label_blocks(mask_source, output, blocks, connectivity, report)
     lookup = _merge_lookup(counts, pairs, min_size)
     _apply_lookup(output, blocks, lookup, report)
     num_objects = int(lookup.max(initial=0))
-    logger.info("label_blockwise: %d blocks, %d block labels -> %d objects", len(blocks), len(counts) - 1, num_objects)
+    logger.info(
+        "label_blockwise: %d blocks, %d block labels -> %d objects",
+        len(blocks), len(counts) - 1, num_objects,
+    )
     return num_objects
 
 
@@ -464,11 +496,13 @@ def _check_blockwise(
 ) -> tuple[int, ...]:
     block_size = tuple(int(b) for b in block_size)
     if len(block_size) != len(shape) or min(block_size, default=0) < 1:
-        raise ValueError(f"block_size must be {len(shape)} positive sizes for shape {shape}; got {block_size}")
+        raise ValueError(
+            f"block_size must be {len(shape)} positive sizes for shape {shape}; got {block_size}"
+        )
     if tuple(output.shape) != shape:
         raise ValueError(f"output shape {tuple(output.shape)} differs from the mask's {shape}")
     if np.dtype(output.dtype) != np.uint32:
-        raise TypeError(f"output must be a uint32 array (DESIGN.md label volumes); got {output.dtype}")
+        raise TypeError(f"output must be a uint32 array (DESIGN.md labels); got {output.dtype}")
     _check_min_size(min_size)
     _check_connectivity(connectivity, len(shape))
     return block_size
@@ -478,7 +512,7 @@ def _blocks(shape: tuple[int, ...], block_size: tuple[int, ...]) -> list[tuple[s
     """The grid of blocks covering ``shape`` in raster order (the last ones may be smaller)."""
     starts = [range(0, size, step) for size, step in zip(shape, block_size)]
     return [
-        tuple(slice(start, min(start + step, size)) for start, step, size in zip(corner, block_size, shape))
+        tuple(slice(s, min(s + step, size)) for s, step, size in zip(corner, block_size, shape))
         for corner in product(*starts)
     ]
 
@@ -497,63 +531,73 @@ def _reporter(callbacks: Sequence[ProgressCallback], total: int) -> Callable[[st
 
 
 def _label_blocks(
-    mask_source: Any, output: Any, blocks: list[tuple[slice, ...]], connectivity: int, report: Callable[[str], None]
-) -> np.ndarray:
-    """Pass 1: label every block on its own with ids offset past the previous blocks'; returns the
-    voxel count of each provisional id (index 0: background, counted as 0)."""
+    mask_source: Any,
+    output: Any,
+    blocks: list[tuple[slice, ...]],
+    connectivity: int,
+    report: Callable[[str], None],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pass 1: label every block on its own, with ids offset past the earlier blocks', and write it.
+
+    Returns the voxel count of each block id (index 0, background, counted as 0) and the distinct
+    (earlier id, block id) pairs that touch across each block's low faces.
+    """
     counts = [np.zeros(1, dtype=np.int64)]
+    pairs = [np.zeros((0, 2), dtype=np.uint32)]
     offset = 0
     for block in blocks:
-        labels, num = sk_label(np.asarray(mask_source[block]) != 0, connectivity=connectivity, return_num=True)
+        mask = np.asarray(mask_source[block]) != 0
+        labels, num = sk_label(mask, connectivity=connectivity, return_num=True)
         if offset + num > _UINT32_MAX:
-            raise OverflowError("more block labels than a uint32 volume can hold; use larger blocks")
+            raise OverflowError("more block labels than uint32 can hold; use larger blocks")
         counts.append(np.bincount(labels.ravel(), minlength=num + 1)[1:])
-        output[block] = np.where(labels > 0, labels + offset, 0).astype(np.uint32)
+        ids = np.where(labels > 0, labels + offset, 0).astype(np.uint32)
+        output[block] = ids
+        for axis, side in enumerate(block):
+            if side.start > 0:
+                pairs.append(_low_face_pairs(ids, output, block, axis, connectivity))
         offset += num
         report("labelling blocks")
-    return np.concatenate(counts)
+    return np.concatenate(counts), np.concatenate(pairs)
 
 
-def _boundary_pairs(
-    output: Any, blocks: list[tuple[slice, ...]], connectivity: int, report: Callable[[str], None]
+def _low_face_pairs(
+    ids: np.ndarray, output: Any, block: tuple[slice, ...], axis: int, connectivity: int
 ) -> np.ndarray:
-    """Pass 2: the (id, id) pairs of neighbouring voxels that lie on the two sides of a block's low
-    faces. Each slab spans the block plus one voxel on every side within the face, so pairs that
-    cross an edge or corner diagonally (connectivity > 1) are found too."""
+    """Distinct (earlier id, block id) pairs that touch across the block's low face on ``axis``.
+
+    Reads from ``output`` the plane just below the face, over the block's extent plus one voxel on
+    each side along the later axes: blocks go in raster order, so that whole plane is labelled
+    already, and every pair of neighbours in two blocks (diagonal ones included) is seen when the
+    later of the two blocks is labelled.
+    """
     shape = tuple(output.shape)
-    pairs = [np.zeros((0, 2), dtype=np.uint32)]
-    for block in blocks:
-        for axis, side in enumerate(block):
-            if side.start == 0:
-                continue
-            slab = tuple(
-                slice(side.start - 1, side.start + 1) if a == axis else slice(max(s.start - 1, 0), min(s.stop + 1, shape[a]))
-                for a, s in enumerate(block)
-            )
-            pairs.append(_crossing_pairs(np.asarray(output[slab]), axis, connectivity))
-        report("merging block faces")
-    return np.concatenate(pairs)
-
-
-def _crossing_pairs(slab: np.ndarray, axis: int, connectivity: int) -> np.ndarray:
-    """Distinct pairs of different non-zero ids across the two planes of ``slab`` along ``axis``,
-    for every neighbour offset that ``connectivity`` allows (at most ``connectivity`` non-zero steps)."""
-    low, high = np.moveaxis(slab, axis, 0)
+    read, place = [], []
+    for other, side in enumerate(block):
+        if other == axis:
+            read.append(slice(side.start - 1, side.start))
+            continue
+        halo = 1 if other > axis else 0
+        start, stop = max(side.start - halo, 0), min(side.stop + halo, shape[other])
+        read.append(slice(start, stop))
+        place.append(slice(start - side.start + 1, stop - side.start + 1))
+    own = np.take(ids, 0, axis=axis)
+    below = np.zeros([n + 2 for n in own.shape], dtype=np.uint32)  # zero padding: background
+    below[tuple(place)] = np.take(np.asarray(output[tuple(read)]), 0, axis=axis)
     found = []
-    for shift in product((-1, 0, 1), repeat=low.ndim):
+    for shift in product((-1, 0, 1), repeat=own.ndim):
         if 1 + np.count_nonzero(shift) > connectivity:
             continue
-        low_part = tuple(slice(max(-s, 0), low.shape[d] - max(s, 0)) for d, s in enumerate(shift))
-        high_part = tuple(slice(max(s, 0), high.shape[d] - max(-s, 0)) for d, s in enumerate(shift))
-        a, b = low[low_part].ravel(), high[high_part].ravel()
-        keep = (a > 0) & (b > 0) & (a != b)
-        found.append(np.stack([a[keep], b[keep]], axis=1))
+        window = tuple(slice(1 + s, 1 + s + n) for s, n in zip(shift, own.shape))
+        earlier, later = below[window].ravel(), own.ravel()
+        touching = (earlier > 0) & (later > 0)
+        found.append(np.stack([earlier[touching], later[touching]], axis=1))
     return np.unique(np.concatenate(found), axis=0)
 
 
 def _merge_lookup(counts: np.ndarray, pairs: np.ndarray, min_size: int) -> np.ndarray:
-    """Provisional id -> final id: union of touching ids, objects under ``min_size`` dropped, the
-    rest numbered 1..N in raster order of their first block."""
+    """Block id -> final id: touching ids united, merged objects under ``min_size`` dropped, the
+    rest numbered 1..N in the raster order of their first block."""
     num_ids = len(counts)
     edges = np.ones(len(pairs), dtype=np.int8)
     graph = sparse.coo_matrix((edges, (pairs[:, 0], pairs[:, 1])), shape=(num_ids, num_ids))
@@ -566,8 +610,10 @@ def _merge_lookup(counts: np.ndarray, pairs: np.ndarray, min_size: int) -> np.nd
     return final[component]
 
 
-def _apply_lookup(output: Any, blocks: list[tuple[slice, ...]], lookup: np.ndarray, report: Callable[[str], None]) -> None:
-    """Pass 3: rewrite every block's provisional ids as final ids."""
+def _apply_lookup(
+    output: Any, blocks: list[tuple[slice, ...]], lookup: np.ndarray, report: Callable[[str], None]
+) -> None:
+    """Pass 2: rewrite every block's ids as final ids."""
     for block in blocks:
         output[block] = lookup[np.asarray(output[block])]
         report("writing final ids")
