@@ -85,8 +85,8 @@ def test_readme_architecture_table_matches_the_registry():
 def test_demo_runs_every_architecture_on_the_synthetic_sample():
     listing = json.loads(run_cli("list-architectures", "--json").stdout)
     expected = sum(len(row["supported_spatial_dims"]) for row in listing if row["available"])
-    result = run_cli("demo", "--shape", "32,64,64")
+    result = run_cli("demo", "--architectures", "--shape", "32,64,64")
     assert result.returncode == 0, result.stderr
-    assert f"Demo done: {expected} networks ran" in result.stderr
+    assert f"Architecture sweep done: {expected} networks ran" in result.stderr
     for row in listing:
         assert f"{row['name']:<20} 3D" in result.stderr

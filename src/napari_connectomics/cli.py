@@ -51,6 +51,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="CKPT", help="continue a run from its checkpoint (optimizer, schedule, step)")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("predict", help="segment a volume with a checkpoint (sliding window, block-wise, any size)")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint of napari-connectomics train")
+    p.add_argument("--input", required=True, metavar="PATH[:key]", help="volume: file.h5:key, file.zarr/array, .tif, .npy")
+    p.add_argument("--output", required=True, metavar="PATH[:key]",
+                   help="pred.zarr or pred.h5 (array 'probabilities'; 'labels' beside it with --threshold/--instances)")
+    p.add_argument("--window", type=_ints, metavar="Z,Y,X", help="sliding window (default: the training patch)")
+    p.add_argument("--overlap", type=float, help="fraction of a window shared with its neighbour")
+    p.add_argument("--batch", type=int, help="windows per forward pass")
+    p.add_argument("--tta", action="store_true", default=None, help="test-time augmentation (flips, rot90)")
+    p.add_argument("--device", help="auto, cpu, cuda")
+    p.add_argument("--block", type=_ints, metavar="Z,Y,X", help="block size for volumes larger than memory")
+    p.add_argument("--roi", type=_roi, metavar="z0:z1,y0:y1,x0:x1", help="predict only this region")
+    p.add_argument("--output-dtype", choices=("float16", "uint8", "float32"), help="stored probabilities")
+    p.add_argument("--threshold", type=float, help="also write binary labels at this probability")
+    p.add_argument("--instances", choices=("cc", "watershed"), help="also write instance labels")
+    p.add_argument("--min-size", type=int, default=0, help="objects smaller than this (voxels) are removed")
+    p.add_argument("--scheduler", choices=("local", "dask"), default="local",
+                   help="dask: blocks as tasks on a dask cluster (local 2-worker cluster without --address)")
+    p.add_argument("--address", metavar="HOST:PORT", help="dask scheduler address (e.g. from dask-jobqueue)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(func=cmd_predict)
+
     p = sub.add_parser("evaluate", help="score a prediction against labels (semantic and instance metrics)")
     p.add_argument("--prediction", required=True, metavar="PATH[:key]",
                    help="labels or probabilities; a prediction file's 'labels' array when no key is given")
@@ -63,9 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="the embedded default, end to end on the synthetic EM sample")
-    p.add_argument("--shape", default="32,128,128", help="synthetic volume shape z,y,x")
+    p = sub.add_parser("demo", help="the embedded default end to end: train, predict, evaluate on the synthetic sample")
+    p.add_argument("--data", metavar="PATH[:key]", help="a labelled volume (its :label beside it) instead of the sample")
+    p.add_argument("--output", default="outputs/demo", help="folder for the run, prediction.zarr, overlay.png, scores")
+    p.add_argument("--steps", type=int, default=300, help="training steps")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--architectures", action="store_true",
+                   help="instead: run every registered network once on the sample (a quick install check)")
+    p.add_argument("--shape", default="32,128,128", help="sample shape z,y,x for --architectures")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -237,6 +264,85 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers (e.g. 32,128,128)") from None
+
+
+def _roi(text: str) -> tuple[slice, ...]:
+    parts = text.split(",")
+    try:
+        bounds = [tuple(int(v) if v else None for v in part.split(":")) for part in parts]
+        if len(bounds) != 3 or any(len(b) != 2 for b in bounds):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not z0:z1,y0:y1,x0:x1 (e.g. 0:64,:,100:612)") from None
+    return tuple(slice(a, b) for a, b in bounds)
+
+
+class _ProgressBar:
+    """A tqdm bar on stderr fed by Progress events; created on the first event, so an error
+    raised before any work is the only line printed."""
+
+    def __init__(self, unit: str) -> None:
+        self.unit = unit
+        self.bar: Any = None
+
+    def __call__(self, progress: Any) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(unit=self.unit, file=sys.stderr, dynamic_ncols=True)
+        if progress.total is not None and self.bar.total != progress.total:
+            self.bar.total = progress.total
+        self.bar.n = progress.done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .inference.postprocess import postprocess
+    from .inference.predict import PredictOptions, predict, prepare_input
+    from .inference.stores import write_labels
+    from .training.checkpoint import config_from_checkpoint, load_checkpoint
+
+    cfg = config_from_checkpoint(load_checkpoint(args.checkpoint), source=repr(args.checkpoint))
+    options = PredictOptions.from_config(
+        cfg, window=args.window, overlap=args.overlap, batch_size=args.batch, tta=args.tta, device=args.device,
+        block_size=args.block, roi=args.roi, output_dtype=args.output_dtype)
+    prepare_input(args.input, int(cfg.model.in_channels), args.roi)  # input errors before the model is built
+    bar = _ProgressBar("batch")
+    try:
+        result = predict(args.checkpoint, args.input, options, progress=[bar], output=args.output,
+                         overwrite=args.overwrite, scheduler=args.scheduler, address=args.address)
+    finally:
+        bar.close()
+    summary: dict[str, Any] = {
+        "output": f"{result.output_path}:probabilities", "shape": tuple(result.probabilities.shape),
+        "window": result.window, "blocks": result.blocks, "device": result.device, "seconds": f"{result.seconds:.1f}"}
+    method = args.instances or ("none" if args.threshold is not None else None)
+    if method is not None:
+        probabilities = np.asarray(result.probabilities[:], dtype=np.float32)
+        if np.dtype(result.probabilities.dtype) == np.uint8:
+            probabilities /= 255.0
+        layout = {"binary": "binary", "instance": "instance", "semantic": "semantic"}[cfg.data.target]
+        threshold = args.threshold if args.threshold is not None else cfg.inference.threshold
+        labels = postprocess(probabilities, method, threshold=threshold, min_size=args.min_size, channel_layout=layout)
+        write_labels(result.output_path, labels, name="labels", overwrite=True)
+        summary["labels"] = f"{result.output_path}:labels ({labels.dtype}, {int(labels.max())} max id)"
+    width = max(map(len, summary))
+    for key, value in summary.items():
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
 def _prediction_source(spec: str) -> Any:
     """A prediction path without a key means its `labels` array when it has one."""
     from .data.volumes import list_arrays, open_volume, parse_volume_path
@@ -283,10 +389,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import run_architecture_sweep, run_demo
 
-    shape = tuple(int(s) for s in args.shape.split(","))
-    run_demo(shape=shape, seed=args.seed)
+    if args.architectures:
+        run_architecture_sweep(shape=tuple(int(s) for s in args.shape.split(",")), seed=args.seed)
+        return 0
+    result = run_demo(args.output, data=args.data, steps=args.steps, seed=args.seed)
+    print(f"foreground IoU {result.scores['iou']:.3f}  Dice {result.scores['dice']:.3f}")
+    print(f"outputs: {result.output_dir} (prediction.zarr, overlay.png, scores.json, runs/)")
     return 0
 
 

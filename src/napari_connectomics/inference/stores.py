@@ -1,0 +1,384 @@
+"""Prediction outputs on disk: Zarr stores and HDF5 files that never look complete before they are.
+
+``open_output`` writes into a temporary sibling (``.pred.zarr.partial-<pid>``) and
+:meth:`OutputWriter.commit` renames it into place at the end, so an interrupted run leaves at most
+a hidden ``.partial-*`` entry and never a file under the final name that readers would take for a
+finished prediction (we chose rename-into-place over a ``complete`` attribute because readers
+outside this project would not know to check it). An existing output is refused unless
+``overwrite``; with ``overwrite`` the old one is replaced only when the new one is complete, and
+as a whole (the file or store, not only the array inside).
+
+Path specs: ``pred.zarr`` (a group holding the array ``probabilities``), ``pred.zarr:name`` or
+``pred.zarr/name``, ``pred.h5`` and ``pred.h5:name``. Probabilities are stored channel-first
+(C, z, y, x) as float16, float32 or uint8 (probability * 255, rounded). Label volumes go beside
+them with :func:`write_labels` (uint16 when the ids fit, else uint32; never int64).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.volumes import parse_volume_path
+
+__all__ = [
+    "DEFAULT_ARRAY",
+    "OUTPUT_DTYPES",
+    "OutputSpec",
+    "OutputWriter",
+    "ZarrSink",
+    "choose_chunks",
+    "check_output",
+    "labels_dtype",
+    "open_array",
+    "open_output",
+    "parse_output",
+    "to_storage",
+    "write_labels",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ARRAY = "probabilities"
+OUTPUT_DTYPES = ("float16", "uint8", "float32")
+_ZARR_SUFFIXES = (".zarr",)
+_HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+_CHUNK_TARGET = (32, 128, 128)  # z, y, x: about 1 MB of float16 per channel
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Where an output goes: the file or store, the array inside it and the format."""
+
+    path: Path
+    key: str
+    kind: str  # 'zarr' or 'hdf5'
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.key}"
+
+    def sibling(self, tag: str) -> Path:
+        """A hidden temporary name beside the output (same folder, so a rename is atomic)."""
+        return self.path.with_name(f".{self.path.name}.{tag}-{os.getpid()}")
+
+
+def parse_output(spec: str | os.PathLike, default_key: str = DEFAULT_ARRAY) -> OutputSpec:
+    """``pred.zarr[:key]`` / ``pred.h5[:key]`` -> :class:`OutputSpec` (one-line error otherwise)."""
+    path, key = parse_volume_path(spec)
+    suffix = path.suffix.lower()
+    if suffix in _ZARR_SUFFIXES:
+        kind = "zarr"
+    elif suffix in _HDF5_SUFFIXES:
+        kind = "hdf5"
+    else:
+        raise ValueError(f"cannot write a prediction to {os.fsdecode(spec)}: name a Zarr store or "
+                         "an HDF5 file, e.g. pred.zarr, pred.zarr:probabilities or pred.h5:probs")
+    return OutputSpec(path, key or default_key, kind)
+
+
+def check_output(spec: OutputSpec, overwrite: bool) -> None:
+    """Refuse an existing output unless ``overwrite`` (checked before any work starts)."""
+    if _exists(spec.path) and not overwrite:
+        raise ValueError(f"{spec.path} already exists; pass overwrite=True (--overwrite) to "
+                         "replace it, or choose another output path")
+
+
+def to_storage(probabilities: np.ndarray, dtype: str | np.dtype) -> np.ndarray:
+    """Float probabilities in the stored dtype: uint8 is ``round(p * 255)``, floats are cast."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return np.rint(np.clip(probabilities, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.asarray(probabilities).astype(dtype, copy=False)
+
+
+def choose_chunks(channels: int, shape: Sequence[int],
+                  block: Sequence[int] | None = None) -> tuple[int, ...]:
+    """Chunks (1, z, y, x): one channel each, so reading one class is cheap; when ``block`` is
+    given, the chunk divides the block on every axis, so blocks written concurrently (dask) never
+    share a chunk."""
+    chunks = []
+    for axis, (size, target) in enumerate(zip(shape, _CHUNK_TARGET)):
+        if block is None or block[axis] >= size:
+            chunk = min(size, target)
+        else:
+            chunk = _divisor_at_most(int(block[axis]), target)
+        chunks.append(max(1, min(chunk, size)))
+    return (1, *chunks)
+
+
+def _divisor_at_most(size: int, target: int) -> int:
+    """The largest divisor of ``size`` up to ``target``; ``size`` itself if that one is tiny."""
+    if size <= target:
+        return size
+    divisor = max(d for d in range(1, target + 1) if size % d == 0)
+    return divisor if divisor * 4 >= target else size
+
+
+class OutputWriter:
+    """A probabilities array (C, z, y, x) being written into a temporary sibling of its output.
+
+    ``write`` takes float32 probabilities and stores them in the output dtype; ``commit`` renames
+    the finished output into place; ``abort`` removes it. Used as a context manager, an exception
+    aborts.
+    """
+
+    def __init__(self, spec: OutputSpec, shape: Sequence[int], dtype: str,
+                 chunks: Sequence[int] | None, overwrite: bool,
+                 attrs: Mapping[str, Any] | None = None) -> None:
+        if str(dtype) not in OUTPUT_DTYPES:
+            raise ValueError(f"unknown output dtype {dtype!r}; "
+                             f"choose one of: {', '.join(OUTPUT_DTYPES)}")
+        check_output(spec, overwrite)
+        self.spec, self.overwrite = spec, overwrite
+        self.shape, self.dtype = tuple(int(n) for n in shape), np.dtype(str(dtype))
+        self.chunks = (tuple(chunks) if chunks is not None
+                       else choose_chunks(self.shape[0], self.shape[1:]))
+        self.temporary = spec.sibling("partial")
+        self._file: Any = None
+        self._array: Any = None
+        spec.path.parent.mkdir(parents=True, exist_ok=True)
+        _remove(self.temporary)
+        attributes = {"axes": "czyx", "dtype": str(self.dtype),
+                      "scale": 255 if self.dtype == np.uint8 else 1, **dict(attrs or {})}
+        create = _create_zarr_array if spec.kind == "zarr" else _create_hdf5_dataset
+        self._file, self._array = create(self.temporary, spec.key, self.shape, self.dtype,
+                                         self.chunks, attributes)
+        logger.debug("writing %s into %s", spec, self.temporary)
+
+    def write(self, region: Sequence[slice], probabilities: np.ndarray) -> None:
+        """Store float probabilities (C, *region) at the spatial ``region``."""
+        self._array[(slice(None), *region)] = to_storage(probabilities, self.dtype)
+
+    def sink(self) -> ZarrSink:
+        """A picklable writer of the same temporary array, for worker processes (Zarr only)."""
+        if self.spec.kind != "zarr":
+            raise ValueError(f"{self.spec.path} is HDF5, which worker processes cannot write at "
+                             "the same time; write to a Zarr store (e.g. pred.zarr) for dask")
+        return ZarrSink(str(self.temporary), self.spec.key, str(self.dtype))
+
+    def commit(self) -> Path:
+        """Close and move the finished output into place (replacing an old one only now)."""
+        self._close()
+        if _exists(self.spec.path) and not self.overwrite:  # appeared while we were running
+            self.abort()
+            check_output(self.spec, self.overwrite)
+        _replace(self.temporary, self.spec.path)
+        logger.info("wrote %s", self.spec)
+        return self.spec.path
+
+    def abort(self) -> None:
+        """Remove the partial output; the final path is left as it was."""
+        self._close()
+        _remove(self.temporary)
+
+    def open_result(self) -> Any:
+        """The committed array, opened read-only (a zarr.Array or an h5py.Dataset)."""
+        return open_array(self.spec)
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file, self._array = None, None
+
+    def __enter__(self) -> OutputWriter:
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        if kind is not None:
+            self.abort()
+
+
+@dataclass(frozen=True)
+class ZarrSink:
+    """Writes blocks into a Zarr array from any process (blocks must align with its chunks)."""
+
+    path: str
+    key: str
+    dtype: str
+
+    def write(self, region: Sequence[slice], probabilities: np.ndarray) -> None:
+        import zarr
+
+        array = zarr.open_array(self.path, mode="r+", path=self.key)
+        array[(slice(None), *region)] = to_storage(probabilities, self.dtype)
+
+
+def open_output(path_spec: str | os.PathLike, shape: Sequence[int], dtype: str = "float16",
+                chunks: Sequence[int] | None = None, overwrite: bool = False,
+                attrs: Mapping[str, Any] | None = None) -> OutputWriter:
+    """Start writing a (C, z, y, x) probabilities array to ``path_spec`` (see the module doc)."""
+    return OutputWriter(parse_output(path_spec), shape, dtype, chunks, overwrite, attrs)
+
+
+def open_array(spec: OutputSpec) -> Any:
+    """A stored array, read-only: zarr.Array, or h5py.Dataset (its file stays open)."""
+    if spec.kind == "zarr":
+        import zarr
+
+        return zarr.open_array(str(spec.path), mode="r", path=spec.key)
+    import h5py
+
+    return h5py.File(spec.path, "r")[spec.key]
+
+
+# --------------------------------------------------------------------------------------------
+# Labels beside the probabilities
+# --------------------------------------------------------------------------------------------
+
+
+def labels_dtype(labels: np.ndarray) -> np.dtype:
+    """uint16 when the ids fit, else uint32 (DESIGN.md: label volumes are never int64)."""
+    if labels.size == 0:
+        return np.dtype(np.uint16)
+    if labels.dtype.kind not in "biu":
+        raise ValueError(f"labels must be integers, not {labels.dtype}; round or cast them first")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0:
+        raise ValueError(f"labels must be non-negative ids, but the smallest is {low}")
+    if high > np.iinfo(np.uint32).max:
+        raise ValueError(f"label id {high} does not fit in uint32; relabel sequentially first")
+    return np.dtype(np.uint16 if high <= np.iinfo(np.uint16).max else np.uint32)
+
+
+def write_labels(path_spec: str | os.PathLike, labels: Any, name: str = "labels",
+                 overwrite: bool = False) -> Path:
+    """Add a label volume as array ``name`` beside the probabilities in the output file or store
+    (created when missing; a ``:key`` in ``path_spec`` is ignored, ``name`` names the array).
+
+    The array is written under a temporary name and renamed, so a crash leaves no half-written
+    ``name``; an existing ``name`` is refused unless ``overwrite``.
+    """
+    spec = parse_output(path_spec, default_key=name)
+    data = np.asarray(labels)
+    data = data.astype(labels_dtype(data), copy=False)
+    target = OutputSpec(spec.path, name, spec.kind)
+    if not _exists(spec.path):
+        fresh = target.sibling("partial")
+        _remove(fresh)
+        try:
+            _write_array(fresh, target, data, overwrite=False)
+            _replace(fresh, spec.path)
+        except BaseException:
+            _remove(fresh)
+            raise
+    else:
+        _write_array(spec.path, target, data, overwrite)
+    logger.info("wrote %s labels %s to %s", data.dtype, data.shape, target)
+    return spec.path
+
+
+def _write_array(container: Path, target: OutputSpec, data: np.ndarray, overwrite: bool) -> None:
+    """Write ``data`` as ``target.key`` into ``container``: under a temporary name, then renamed."""
+    temporary = f"{target.key}.partial-{os.getpid()}"
+    chunks = _label_chunks(data.shape)
+    if target.kind == "zarr":
+        import zarr
+
+        group = zarr.open_group(str(container), mode="a")
+        _refuse_existing(container, target.key, target.key in group and not overwrite)
+        array = group.create_array(temporary, shape=data.shape, dtype=data.dtype, chunks=chunks,
+                                   fill_value=0, overwrite=True)
+        array[...] = data
+        if target.key in group:
+            del group[target.key]
+        os.rename(container / temporary, container / target.key)
+        return
+    import h5py
+
+    try:
+        file = h5py.File(container, "a")
+    except OSError as err:
+        if "already open" not in str(err):
+            raise
+        raise ValueError(f"{container} is open for reading in this process (e.g. a "
+                         "PredictionResult's probabilities); close it first: "
+                         "result.probabilities.file.close()") from None
+    with file:
+        _refuse_existing(container, target.key, target.key in file and not overwrite)
+        if temporary in file:
+            del file[temporary]
+        file.create_dataset(temporary, data=data, chunks=chunks, compression="gzip",
+                            compression_opts=1)
+        if target.key in file:
+            del file[target.key]
+        file.move(temporary, target.key)
+
+
+def _refuse_existing(container: Path, key: str, refuse: bool) -> None:
+    if refuse:
+        raise ValueError(f"{container} already holds {key!r}; pass overwrite=True or another name")
+
+
+def _label_chunks(shape: Sequence[int]) -> tuple[int, ...] | None:
+    """Chunks of (32, 128, 128) over the last three axes (1 on any leading axis)."""
+    if not shape or 0 in shape:
+        return None
+    targets = (1,) * max(0, len(shape) - 3) + _CHUNK_TARGET[-min(len(shape), 3):]
+    return tuple(min(n, t) for n, t in zip(shape, targets))
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def _create_zarr_array(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype,
+                       chunks: Sequence[int], attrs: Mapping[str, Any]) -> tuple[None, Any]:
+    """(no file handle, the array) in a new Zarr group at ``path``."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w")
+    return None, group.create_array(key, shape=shape, dtype=dtype, chunks=tuple(chunks),
+                                    fill_value=0, attributes=dict(attrs))
+
+
+def _create_hdf5_dataset(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype,
+                         chunks: Sequence[int], attrs: Mapping[str, Any]) -> tuple[Any, Any]:
+    """(the open file, the dataset) in a new HDF5 file at ``path``."""
+    import h5py
+
+    file = h5py.File(path, "w")
+    try:
+        dataset = file.create_dataset(key, shape=shape, dtype=dtype, chunks=tuple(chunks),
+                                      fillvalue=0, compression="gzip", compression_opts=1,
+                                      shuffle=True)
+        dataset.attrs.update(dict(attrs))
+    except BaseException:
+        file.close()
+        raise
+    return file, dataset
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif _exists(path):
+        path.unlink()
+
+
+def _replace(source: Path, target: Path) -> None:
+    """Move ``source`` to ``target``; an existing target is moved aside first (and put back if the
+    move fails), so the final name never holds a partial output."""
+    if not _exists(target):
+        os.rename(source, target)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    _remove(old)
+    os.rename(target, old)
+    try:
+        os.rename(source, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    _remove(old)

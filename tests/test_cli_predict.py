@@ -1,0 +1,93 @@
+"""`napari-connectomics predict` and the end-to-end `demo`, through the real CLI in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+
+from napari_connectomics.config import load_config
+from napari_connectomics.data.synthetic import make_synthetic_em
+from napari_connectomics.training import TrainingData, train
+
+
+def run(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "napari_connectomics", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("predict")
+    sample = make_synthetic_em(shape=(16, 96, 96), seed=2)
+    cfg = load_config(overrides=[
+        "model.architecture=monai_unet", "model.spatial_dims=2", "model.filters=[8,16,32]",
+        "data.patch_size=[64,64]", "data.batch_size=4", "data.samples_per_epoch=8", "training.val_patches=2",
+        "training.max_steps=4", f"training.output_dir={folder / 'runs'}"])
+    result = train(cfg, data=TrainingData(train=[(sample.image, sample.mitochondria)]))
+    with h5py.File(folder / "em.h5", "w") as f:
+        f["raw"] = sample.image
+        f["truth"] = sample.mitochondria
+    return folder, result.last_checkpoint
+
+
+def test_predict_writes_probabilities_and_labels_then_evaluate(trained):
+    folder, checkpoint = trained
+    out = folder / "pred.zarr"
+    result = run("predict", "--checkpoint", str(checkpoint), "--input", f"{folder / 'em.h5'}:raw",
+                 "--output", str(out), "--threshold", "0.5", "--overlap", "0.5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "probabilities" in result.stdout and "labels" in result.stdout
+    group = zarr.open_group(str(out), mode="r")
+    assert group["probabilities"].shape == (2, 16, 96, 96) and group["probabilities"].dtype == np.float16
+    assert group["labels"].shape == (16, 96, 96) and group["labels"].dtype in (np.uint16, np.uint32, np.uint8)
+    scores = run("evaluate", "--prediction", str(out), "--label", f"{folder / 'em.h5'}:truth", "--json")
+    assert scores.returncode == 0, scores.stderr
+    assert 0.0 <= json.loads(scores.stdout)["iou"] <= 1.0
+
+
+def test_existing_output_is_refused_and_untouched(trained):
+    folder, checkpoint = trained
+    out = folder / "taken.h5"
+    out.write_bytes(b"precious")
+    result = run("predict", "--checkpoint", str(checkpoint), "--input", f"{folder / 'em.h5'}:raw", "--output", str(out))
+    assert result.returncode == 2
+    assert "already exists" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert out.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("input_suffix, message", [(":nope", "raw, truth"), ("", "several arrays")])
+def test_input_key_errors_list_the_arrays(trained, input_suffix, message):
+    folder, checkpoint = trained
+    result = run("predict", "--checkpoint", str(checkpoint), "--input", f"{folder / 'em.h5'}{input_suffix}",
+                 "--output", str(folder / "x.zarr"))
+    assert result.returncode == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (folder / "x.zarr").exists()
+
+
+def test_not_a_checkpoint(trained, tmp_path):
+    folder, _ = trained
+    fake = tmp_path / "model.ckpt"
+    fake.write_text("hello")
+    result = run("predict", "--checkpoint", str(fake), "--input", f"{folder / 'em.h5'}:raw",
+                 "--output", str(tmp_path / "p.zarr"))
+    assert result.returncode == 2 and "not a PyTorch checkpoint" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_demo_end_to_end(tmp_path):
+    result = run("demo", "--steps", "20", "--output", str(tmp_path / "demo"), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "foreground IoU" in result.stdout
+    for name in ("prediction.zarr", "overlay.png", "scores.json"):
+        assert (tmp_path / "demo" / name).exists(), name
+    scores = json.loads((tmp_path / "demo" / "scores.json").read_text())
+    assert 0.0 <= scores["iou"] <= 1.0
