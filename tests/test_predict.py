@@ -154,7 +154,9 @@ def test_whole_volume_matches_monai(volume, dims, blending, out_channels):
 @pytest.mark.parametrize("window", [(8, 32, 32), (16, 32, 32)])
 def test_blocks_match_whole_volume_3d(unet3d, volume, window):
     model, cfg = unet3d
-    blocks = predict(model, volume, f32(window=window, block_size=(8, 32, 32)), cfg=cfg)
+    # memory_limit_mb=1: a full-plane slab does not fit, so blocks stay independent
+    blocks = predict(model, volume, f32(window=window, block_size=(8, 32, 32), memory_limit_mb=1),
+                     cfg=cfg)
     whole = predict(model, volume, f32(window=window), cfg=cfg)
     assert blocks.blocks == 27 and whole.blocks == 1
     assert max_diff(blocks.probabilities, reference(model, cfg, volume, window)) <= TOLERANCE
@@ -197,8 +199,9 @@ def test_block_reads_are_bounded_by_the_block():
     model = built(cfg)
     data = image((16, 128, 128), seed=3)
     counting = CountingArray(data)
-    options = f32(window=(4, 16, 16), block_size=(8, 32, 32), batch_size=16)
+    options = f32(window=(4, 16, 16), block_size=(8, 32, 32), batch_size=16, memory_limit_mb=1)
     result = predict(model, counting, options, cfg=cfg)
+    assert result.blocks == 2 * 4 * 4  # independent blocks: a full-plane slab does not fit
     halo_box = (8 + 2 * 3) * (32 + 2 * 15) * (32 + 2 * 15)  # core plus (window - 1) each side
     assert 0 < counting.largest <= halo_box < data.size / 4
     expected = reference(model, cfg, data, (4, 16, 16), batch=16)
@@ -219,6 +222,88 @@ def test_automatic_blocks_within_a_memory_limit(unet3d, volume):
     limited = predict(model, volume, f32(memory_limit_mb=1), cfg=cfg)
     assert whole.blocks == 1 and limited.blocks > 1
     assert max_diff(limited.probabilities, whole.probabilities) <= TOLERANCE
+
+
+# --------------------------------------------------------------------------------------------
+# Overlap-add over z-slabs: every window of the grid computed exactly once
+# --------------------------------------------------------------------------------------------
+
+
+class CountingModel(torch.nn.Module):
+    """Wraps a model and counts the windows it is given."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.windows, self.calls = inner, 0, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.windows += x.shape[0]
+        self.calls += 1
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("window, block_size, overlap, batch, slabs", [
+    ((8, 32, 32), (8, 80, 80), 0.25, 4, 3),      # y-x cover the volume: slabs
+    ((16, 32, 32), (8, 32, 32), 0.25, 3, 3),     # small blocks converted to full-plane slabs
+    ((8, 32, 32), (5, 48, 64), 0.5, 5, 5),       # slabs thinner than the window, odd sizes
+    ((8, 32, 32), (24, 80, 80), 0.25, 1, 1),     # one slab: the whole volume
+])
+def test_slabs_compute_each_window_once(volume, window, block_size, overlap, batch, slabs):
+    cfg = cfg_3d()
+    inner = built(cfg, seed=2)
+    counting = CountingModel(inner).eval()
+    options = f32(window=window, block_size=block_size, overlap=overlap, batch_size=batch)
+    result = predict(counting, volume, options, cfg=cfg)
+    grid = make_grid(volume.shape, window, overlap)
+    assert result.blocks == slabs
+    assert counting.windows == grid.n_windows
+    assert counting.calls == sum(
+        -(-len([s for s in grid.starts[0] if lo <= s < lo + block_size[0]])
+          * len(grid.starts[1]) * len(grid.starts[2]) // batch)
+        for lo in range(0, volume.shape[0], block_size[0]))
+    expected = reference(inner, cfg, volume, window, overlap=overlap, batch=batch)
+    assert max_diff(result.probabilities, expected) <= TOLERANCE
+
+
+def test_independent_blocks_recompute_shared_windows(volume):
+    """The contrast: independent blocks compute windows straddling their faces more than once."""
+    cfg = cfg_3d()
+    counting = CountingModel(built(cfg, seed=2)).eval()
+    options = f32(window=(8, 32, 32), block_size=(8, 32, 32), memory_limit_mb=1)
+    predict(counting, volume, options, cfg=cfg)
+    assert counting.windows > make_grid(volume.shape, (8, 32, 32), 0.25).n_windows
+
+
+def test_slabs_2d_network_and_padded_window():
+    cfg = cfg_2d()
+    model = built(cfg, seed=3)
+    data = image((6, 70, 50), seed=4)
+    result = predict(model, data, f32(block_size=(2, 70, 50), overlap=0.5), cfg=cfg)
+    assert result.blocks == 3
+    expected = reference(model, cfg, data, (1, 32, 32), overlap=0.5)
+    assert max_diff(result.probabilities, expected) <= TOLERANCE
+    cfg = make_cfg("model.filters=[4,8,16]", "data.patch_size=[8,32,32]")
+    model = built(cfg)
+    thin = image((3, 40, 40), seed=2)
+    for padding in ("reflect", "constant"):
+        options = f32(window=(4, 16, 16), padding_mode=padding, block_size=(4, 40, 40))
+        result = predict(model, thin, options, cfg=cfg)
+        expected = reference(model, cfg, thin, (4, 16, 16), padding_mode=padding)
+        assert max_diff(result.probabilities, expected) <= TOLERANCE
+
+
+def test_slab_reads_are_bounded_by_the_slab(tmp_path):
+    cfg = cfg_3d("data.normalize=none")
+    model = built(cfg)
+    data = image((32, 64, 64), seed=5)
+    counting = CountingArray(data)
+    options = PredictOptions(window=(4, 16, 16), block_size=(8, 64, 64), batch_size=16,
+                             device="cpu", output_dtype="float32")
+    result = predict(model, counting, options, cfg=cfg, output=tmp_path / "pred.zarr")
+    assert result.blocks == 4
+    assert 0 < counting.largest <= (8 + 4) * 64 * 64 < data.size / 2
+    expected = reference(model, cfg, data, (4, 16, 16), batch=16)
+    assert max_diff(result.probabilities[...], expected) <= TOLERANCE
 
 
 # --------------------------------------------------------------------------------------------
@@ -367,9 +452,20 @@ def test_cancelled_run_leaves_no_output(tmp_path, unet3d, volume, block_size, na
 def test_progress_reports_every_block(unet3d, volume):
     model, cfg = unet3d
     seen = []
-    predict(model, volume, PredictOptions(block_size=(24, 40, 40)), [seen.append], cfg=cfg)
+    predict(model, volume, PredictOptions(block_size=(24, 40, 40), memory_limit_mb=1),
+            [seen.append], cfg=cfg)
     reports = [(p.done, p.total) for p in seen if p.stage == "predict"]
     assert reports == [(i, 4) for i in range(1, 5)]
+    assert seen[-1].stage == "done"
+
+
+def test_progress_reports_every_slab(unet3d, volume):
+    model, cfg = unet3d
+    seen = []
+    result = predict(model, volume, PredictOptions(block_size=(8, 80, 80)), [seen.append], cfg=cfg)
+    assert result.blocks == 3
+    reports = [(p.done, p.total) for p in seen if p.stage == "predict"]
+    assert reports == [(i, 3) for i in range(1, 4)]
     assert seen[-1].stage == "done"
 
 

@@ -11,6 +11,9 @@ Three engines share one window grid (see :mod:`.windows`), so they agree within 
 * blocks (a ``block_size``, or a volume too large for memory): each block reads its part of the
   input plus a halo, blends every grid window that touches it and writes its part of the output
   as soon as it is done, so memory follows the block size and not the volume;
+* slabs (single process, when a slab of the plan's z-thickness spanning the whole y-x plane fits
+  in memory): overlap-add over z-slabs, every grid window computed exactly once; each slab's
+  finished z-planes are written as soon as no later window touches them;
 * dask (``scheduler='dask'``): the same blocks as dask tasks writing into one Zarr store.
 
 Inputs are normalised with ``cfg.data.normalize`` and statistics of the whole input volume
@@ -85,7 +88,9 @@ from .windows import (
     make_grid,
     plan_blocks,
     resolve_window,
+    slab_bytes,
     stitch_block,
+    stitch_slabs,
     whole_volume_bytes,
 )
 
@@ -482,6 +487,32 @@ def _predict_blocks(job: BlockJob, source: VolumeInput, predictor: WindowPredict
         emit(progress, Progress(done, len(blocks), f"block {done}/{len(blocks)}", stage="predict"))
 
 
+def _predict_slabs(job: BlockJob, source: VolumeInput, predictor: WindowPredictor,
+                   slabs: Sequence[Block], write: Callable[[tuple[slice, ...], np.ndarray], None],
+                   progress: Sequence[ProgressCallback], check: Callable[[], None]) -> None:
+    """Overlap-add over z-slabs in this process: each grid window once, finished planes written
+    as soon as they are final (see :func:`.windows.stitch_slabs`)."""
+    def predict_batch(windows: torch.Tensor) -> torch.Tensor:
+        return predictor(windows.to(predictor.device)).cpu()
+
+    grid = job.grid
+    with torch.inference_mode():
+        finished = stitch_slabs(grid, [block.core[0] for block in slabs], source.read,
+                                predict_batch, _importance(grid.window, job.blending),
+                                batch_size=job.batch_size, padding_mode=job.padding_mode,
+                                check=check)
+        for done, (core, mean) in enumerate(finished, start=1):
+            if mean is not None:
+                planes = Block(-1, core)
+                region = planes.output_region(grid)
+                if all(r.stop > r.start for r in region):
+                    if not predictor.returns_probabilities:
+                        mean = activate(mean, job.activation, dim=0)
+                    write(region, mean[(slice(None), *planes.crop(grid))].numpy())
+            emit(progress, Progress(done, len(slabs), f"slab {done}/{len(slabs)}",
+                                    stage="predict"))
+
+
 # -- dask ---------------------------------------------------------------------------------------
 
 _WORKER_MODELS: dict[tuple[str, int, str], Any] = {}
@@ -589,9 +620,10 @@ class _Plan:
     options: PredictOptions
     source: VolumeInput
     job: BlockJob
-    blocks: list[Block]  # [] for MONAI's whole-volume inference
+    blocks: list[Block]  # [] for MONAI's whole-volume inference; z-slabs when ``slabs``
     device: torch.device
     scheduler: str
+    slabs: bool = False  # blocks are z-slabs of the whole y-x plane, run by overlap-add
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -680,15 +712,16 @@ def _make_plan(checkpoint_or_model: Any, volume: Any, options: PredictOptions | 
     grid = make_grid(source.shape, window, options.overlap)
     job = BlockJob(grid, options.batch_size, options.blending, options.padding_mode,
                    activation_for(cfg), options.tta, spatial_dims, options.device)
-    blocks = _plan_blocks(grid, options, int(cfg.model.in_channels),
-                          int(cfg.model.out_channels), scheduler)
+    blocks, slabs = _plan_blocks(grid, options, int(cfg.model.in_channels),
+                                 int(cfg.model.out_channels), scheduler)
     if cfg.data.normalize != "none":
         source = dataclasses.replace(source, normalize=cfg.data.normalize,
                                      stats=intensity_stats(source.volume))
-    plan = _Plan(model, cfg, checkpoint, options, source, job, blocks, device, scheduler)
+    plan = _Plan(model, cfg, checkpoint, options, source, job, blocks, device, scheduler, slabs)
     logger.info("predicting %s with window %s, overlap %.2f%s: %s on %s", _text(source.shape),
                 _text(window), options.overlap, ", TTA" if options.tta else "",
-                f"{len(blocks)} blocks" if blocks else "whole volume",
+                (f"{len(blocks)} z-slabs" if slabs else f"{len(blocks)} blocks") if blocks
+                else "whole volume",
                 "dask" if scheduler == "dask" else device)
     in_memory = math.prod(plan.shape) * np.dtype(options.output_dtype).itemsize
     if spec is None and in_memory > options.memory_limit_mb * _MB:
@@ -754,7 +787,9 @@ def _run(plan: _Plan, writer: OutputWriter | None, address: str | None,
         with _model_on(plan.model, plan.device) as model:
             predictor = WindowPredictor(model, plan.device, job.spatial_dims, job.activation,
                                         job.tta, job.grid.window)
-            if blocks:
+            if plan.slabs:
+                _predict_slabs(job, source, predictor, blocks, write, progress, check)
+            elif blocks:
                 _predict_blocks(job, source, predictor, blocks, write, progress, check)
             else:
                 write(source.whole(), _predict_whole(job, source, predictor, progress, check))
@@ -764,17 +799,35 @@ def _run(plan: _Plan, writer: OutputWriter | None, address: str | None,
 
 
 def _plan_blocks(grid: WindowGrid, options: PredictOptions, in_channels: int, out_channels: int,
-                 scheduler: str) -> list[Block]:
-    """The blocks to run, or [] for MONAI's whole-volume inference (when it fits in memory)."""
+                 scheduler: str) -> tuple[list[Block], bool]:
+    """(blocks, are z-slabs): [] for MONAI's whole-volume inference (when it fits in memory).
+
+    In a single process, blocks become z-slabs of the same z-size spanning the whole y-x plane
+    (overlap-add, each window computed once) when their y and x already cover the volume, or when
+    such a slab's working memory stays within half of ``memory_limit_mb`` (the rest is headroom
+    for the model, the reader and the writer); otherwise blocks stay independent (and always
+    with dask, whose tasks must not depend on each other)."""
     limit = options.memory_limit_mb * _MB
     block_size = options.block_size
     if block_size is None:
         if scheduler == "local" and whole_volume_bytes(grid, in_channels, out_channels) <= limit:
-            return []
+            return [], False
         block_size = auto_block_size(grid, in_channels, out_channels, options.batch_size, limit)
         logger.info("volume %s is predicted in blocks of %s", _text(grid.shape),
                     _text(block_size))
-    return plan_blocks(grid, block_size)
+    blocks = plan_blocks(grid, block_size)
+    if scheduler != "local" or len(blocks) == 1:
+        return blocks, False
+    covers = all(blocks[0].core[a][1] - blocks[0].core[a][0] >= grid.padded[a] for a in (1, 2))
+    thickness = blocks[0].core[0][1] - blocks[0].core[0][0]
+    if covers or slab_bytes(grid, thickness, in_channels, out_channels,
+                            options.batch_size) <= limit // 2:
+        slabs = plan_blocks(grid, (thickness, *grid.padded[1:]))
+        if not covers:
+            logger.info("blocks of %s run as %d z-slabs of %d planes (each window once)",
+                        _text(block_size), len(slabs), thickness)
+        return slabs, len(slabs) > 0
+    return blocks, False
 
 
 def _default_window(cfg: Any) -> list[int]:

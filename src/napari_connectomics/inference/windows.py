@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import product
 
@@ -34,7 +34,9 @@ __all__ = [
     "plan_blocks",
     "read_padded",
     "resolve_window",
+    "slab_bytes",
     "stitch_block",
+    "stitch_slabs",
     "whole_volume_bytes",
 ]
 
@@ -354,3 +356,96 @@ def _overlap(start: Sequence[int], window: Sequence[int],
     in_window = tuple(slice(a - s, b - s) for a, b, s in zip(lows, highs, start))
     in_core = tuple(slice(a - lo, b - lo) for a, b, (lo, _) in zip(lows, highs, core))
     return in_window, in_core
+
+
+# --------------------------------------------------------------------------------------------
+# Overlap-add over z-slabs: every grid window computed once
+# --------------------------------------------------------------------------------------------
+
+
+def slab_bytes(grid: WindowGrid, thickness: int, in_channels: int, out_channels: int,
+               batch_size: int) -> int:
+    """Peak float32 working memory of the slab path for slabs of ``thickness`` z-planes spanning
+    the whole padded y-x plane: input slab with its windows' trailing z-extent, accumulators and
+    importance weights over the same planes, the finished planes (mean and activation) and one
+    batch of windows."""
+    plane = grid.padded[1] * grid.padded[2]
+    depth = min(thickness + grid.window[0], grid.padded[0])
+    final = min(thickness + grid.window[0], grid.padded[0])  # at most this many planes at once
+    batch = batch_size * math.prod(grid.window) * (in_channels + 2 * out_channels)
+    return 4 * (plane * ((in_channels + out_channels + 1) * depth + 2 * out_channels * final)
+                + batch)
+
+
+def stitch_slabs(
+    grid: WindowGrid,
+    slabs: Sequence[tuple[int, int]],
+    read: Callable[[tuple[slice, ...]], np.ndarray],
+    predict_batch: Callable[[torch.Tensor], torch.Tensor],
+    importance: torch.Tensor,
+    *,
+    batch_size: int,
+    padding_mode: str = "constant",
+    check: Callable[[], None] | None = None,
+) -> Iterator[tuple[Box, torch.Tensor | None]]:
+    """Overlap-add of the whole grid, slab by slab in increasing z (``slabs``: (lo, hi) z-ranges
+    of padded coordinates tiling the padded z-axis, each spanning the whole padded y-x plane).
+
+    Each window belongs to the slab holding its z-start and is predicted exactly once. Weighted
+    predictions and weights accumulate in buffers covering the unfinished planes; after a slab,
+    the planes before the next slab's first window start are final. Yields, per slab, the final
+    planes as (box in padded coordinates, weighted mean (C_out, z, y, x)), or (box, None) when the
+    slab finished no plane. Memory: the buffers of one slab plus its windows' trailing z-extent.
+    """
+    z_starts, depth = grid.starts[0], grid.window[0]
+    plane = (grid.padded[1], grid.padded[2])
+    full_yx = ((0, grid.padded[1]), (0, grid.padded[2]))
+    accumulated: torch.Tensor | None = None  # planes [done, done + len) of padded z
+    weights = torch.zeros((0, *plane), dtype=torch.float32)
+    done = 0
+    for lo, hi in slabs:
+        own = [s for s in z_starts if lo <= s < hi]
+        later = [s for s in z_starts if s >= hi]
+        final = later[0] if later else grid.padded[0]
+        if own:
+            end = max(own) + depth
+            size = max(end - done, weights.shape[0])
+            if size > weights.shape[0]:  # grow the buffers, keeping the carried tail in front
+                grown = torch.zeros((size, *plane), dtype=torch.float32)
+                grown[:weights.shape[0]] = weights
+                weights = grown
+                if accumulated is not None:
+                    grown = torch.zeros((accumulated.shape[0], size, *plane), dtype=torch.float32)
+                    grown[:, :accumulated.shape[1]] = accumulated
+                    accumulated = grown
+            box = ((min(own), end), *full_yx)
+            image = read_padded(grid, box, read, padding_mode)
+            starts = list(product(own, grid.starts[1], grid.starts[2]))
+            for first in range(0, len(starts), batch_size):
+                if check is not None:
+                    check()
+                batch_starts = starts[first:first + batch_size]
+                windows = torch.stack([image[(slice(None), *_window_in(s, box, grid.window))]
+                                       for s in batch_starts])
+                output = predict_batch(windows).to(torch.float32)
+                if tuple(output.shape[2:]) != grid.window:
+                    raise ValueError(
+                        f"the network returned windows of {_text(output.shape[2:])} for inputs "
+                        f"of {_text(grid.window)}; only size-preserving networks can predict")
+                if accumulated is None:
+                    accumulated = torch.zeros((output.shape[1], size, *plane),
+                                              dtype=torch.float32)
+                for (z, y, x), prediction in zip(batch_starts, output):
+                    at = (slice(z - done, z - done + depth), slice(y, y + grid.window[1]),
+                          slice(x, x + grid.window[2]))
+                    accumulated[(slice(None), *at)].addcmul_(prediction, importance)
+                    weights[at] += importance
+            del image
+        count = final - done
+        if count <= 0 or accumulated is None:
+            yield ((done, done), *full_yx), None
+            continue
+        mean = accumulated[:, :count] / weights[:count]
+        accumulated, weights = accumulated[:, count:].clone(), weights[count:].clone()
+        yield ((done, final), *full_yx), mean
+        done = final

@@ -1,0 +1,198 @@
+"""napari reader for HDF5 files and Zarr stores: every array becomes a layer.
+
+Rules (see DESIGN.md, "Conventions for data"):
+
+* Layer name: ``<file stem>:<array name>`` (nested arrays keep their group path, ``a:grp/raw``).
+* A 4-D array whose name contains ``prob`` (our prediction layout ``probabilities``: C, z, y, x)
+  becomes one Image layer per channel through ``channel_axis=0``, named
+  ``<stem>:<name>[c]``, blended additively, contrast 0..1 (0..255 for uint8 probabilities).
+* Labels, in this order:
+  1. a bool array is Labels;
+  2. an integer array whose name contains ``label``, ``labels``, ``seg``, ``gt``, ``mask``,
+     ``instances`` or ``truth`` (case-insensitive substring) is Labels;
+  3. an unsigned integer array whose name has no image-like word (``raw``, ``image``, ``img``,
+     ``em``, ``input``, ``intensity``, ``data``, ``volume``) is Labels when a central crop of at
+     most 32x64x64 voxels holds at most :data:`MAX_SAMPLE_VALUES` (64) distinct values;
+  everything else is Image.
+* Arrays larger than :data:`LAZY_THRESHOLD_BYTES` (512 MB) stay lazy (a dask array over the
+  file); smaller ones are read into numpy.
+* Optional ``scale`` / ``translate`` attributes (one number per axis, written by our writer) are
+  passed on to the layer.
+* A file that is not ours or cannot be read gives ``None`` from :func:`napari_get_reader`; an array
+  that cannot be read is skipped with a warning, never an exception in napari.
+
+Only numpy and :mod:`napari_connectomics.data.volumes` are imported here (no torch, no Qt).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_connectomics.data.volumes import Volume, list_arrays, open_volume
+
+__all__ = ["LAZY_THRESHOLD_BYTES", "MAX_SAMPLE_VALUES", "napari_get_reader", "read_layers"]
+
+logger = logging.getLogger(__name__)
+
+LAZY_THRESHOLD_BYTES = 512 * 2**20  # arrays above this stay on disk (dask)
+MAX_SAMPLE_VALUES = 64  # an unnamed unsigned array with at most this many values in a crop is Labels
+_SAMPLE_SHAPE = (32, 64, 64)  # trailing axes of the central crop used by that rule
+
+_SUFFIXES = (".h5", ".hdf5", ".zarr")
+_LABEL_WORDS = ("label", "labels", "seg", "gt", "mask", "instances", "truth")
+_IMAGE_WORDS = {"raw", "image", "img", "em", "input", "intensity", "data", "volume"}
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+
+def napari_get_reader(path: str | Sequence[str]) -> Callable[[Any], list[LayerData]] | None:
+    """The reader for ``path`` (a file or a list of files) when all are HDF5 / Zarr volumes we can
+    open, else ``None``."""
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    if not paths or not all(_readable(p) for p in paths):
+        return None
+    return read_layers
+
+
+def _readable(path: str | os.PathLike) -> bool:
+    text = os.fsdecode(os.fspath(path)).rstrip("/\\")
+    if not text.lower().endswith(_SUFFIXES):
+        return False
+    try:
+        return bool(_array_keys(Path(text)))
+    except Exception as err:  # corrupt or foreign file: not ours to read
+        logger.debug("napari-connectomics cannot read %s: %s", text, err)
+        return False
+
+
+def _array_keys(path: Path) -> list[str | None]:
+    """Arrays in the file: their names, or ``[None]`` for a Zarr store that is one array."""
+    names = list_arrays(path)
+    if names:
+        return list(names)
+    if path.suffix.lower() == ".zarr":
+        open_volume(path).close()  # raises when the store is neither a group of arrays nor an array
+        return [None]
+    return []
+
+
+def read_layers(path: str | Sequence[str]) -> list[LayerData]:
+    """Layer data tuples for every readable array of every file in ``path``."""
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    layers: list[LayerData] = []
+    for item in paths:
+        file = Path(os.fsdecode(os.fspath(item)).rstrip("/\\"))
+        try:
+            keys = _array_keys(file)
+        except Exception as err:
+            logger.warning("napari-connectomics: cannot read %s (%s)", file, err)
+            continue
+        for key in keys:
+            try:
+                layers.append(_layer(file, key))
+            except Exception as err:  # one bad array must not hide the others
+                logger.warning("napari-connectomics: skipping %s:%s (%s)", file, key, err)
+    return layers
+
+
+def _layer(file: Path, key: str | None) -> LayerData:
+    volume = open_volume(file, key=key)
+    name = key or file.stem
+    layer_name = f"{file.stem}:{name}"
+    data = _data(volume)
+    meta: dict[str, Any] = {"name": layer_name, "metadata": {"source": volume.source}}
+    meta.update(_spatial_attrs(file, key, volume.ndim))
+    if _is_probabilities(name, volume):
+        meta.update(channel_axis=0, blending="additive",
+                    name=[f"{layer_name}[{c}]" for c in range(volume.shape[0])],
+                    contrast_limits=(0, 255) if volume.dtype == np.uint8 else (0.0, 1.0))
+        for axis_key in ("scale", "translate"):  # the channel axis has no extent in space
+            if axis_key in meta:
+                meta[axis_key] = meta[axis_key][1:]
+        return data, meta, "image"
+    if _is_labels(name, volume):
+        return data, meta, "labels"
+    return data, meta, "image"
+
+
+def _data(volume: Volume) -> Any:
+    """numpy for small arrays, a lazy dask array over the file for large ones."""
+    if volume.size * volume.dtype.itemsize <= LAZY_THRESHOLD_BYTES:
+        array = volume.read()
+        volume.close()
+        return array
+    import dask.array as da
+
+    chunks = volume.chunks or "auto"
+    return da.from_array(volume, chunks=chunks, asarray=True, fancy=False, name=f"connectomics-{volume.source}")
+
+
+def _words(name: str) -> list[str]:
+    return [w for w in re.split(r"[^a-z0-9]+", name.rsplit("/", 1)[-1].lower()) if w]
+
+
+def _is_probabilities(name: str, volume: Volume) -> bool:
+    base = name.rsplit("/", 1)[-1].lower()
+    return "prob" in base and volume.ndim == 4 and volume.shape[0] <= 16
+
+
+def _is_labels(name: str, volume: Volume) -> bool:
+    kind = volume.dtype.kind
+    if kind == "b":
+        return True
+    if kind not in "iu":
+        return False
+    base = name.rsplit("/", 1)[-1].lower()
+    if any(word in base for word in _LABEL_WORDS):
+        return True
+    if kind != "u" or _IMAGE_WORDS.intersection(_words(name)) or volume.ndim < 2:
+        return False
+    return len(np.unique(_central_crop(volume))) <= MAX_SAMPLE_VALUES
+
+
+def _central_crop(volume: Volume) -> np.ndarray:
+    sample = _SAMPLE_SHAPE[-min(volume.ndim, 3):]
+    index = [slice(None)] * volume.ndim
+    for axis, size in zip(range(volume.ndim - len(sample), volume.ndim), sample):
+        start = max(0, (volume.shape[axis] - size) // 2)
+        index[axis] = slice(start, start + size)
+    for axis in range(volume.ndim - len(sample)):  # leading (channel) axes: first entry only
+        index[axis] = slice(0, 1)
+    return volume[tuple(index)]
+
+
+def _spatial_attrs(file: Path, key: str | None, ndim: int) -> dict[str, Any]:
+    """``scale`` / ``translate`` from the array's attributes, when they have one number per axis."""
+    try:
+        attrs = _attrs(file, key)
+    except Exception:  # attributes are optional: never fail a layer over them
+        return {}
+    result: dict[str, Any] = {}
+    for name in ("scale", "translate"):
+        value = attrs.get(name)
+        try:
+            numbers = [float(v) for v in np.asarray(value).ravel()] if value is not None else None
+        except (TypeError, ValueError):
+            continue
+        if numbers and len(numbers) == ndim:
+            result[name] = tuple(numbers)
+    return result
+
+
+def _attrs(file: Path, key: str | None) -> dict[str, Any]:
+    if file.suffix.lower() == ".zarr":
+        import zarr
+
+        node = zarr.open_array(str(file), mode="r", path=key or "")
+        return dict(node.attrs)
+    import h5py
+
+    with h5py.File(file, "r") as handle:
+        return {k: v for k, v in handle[key].attrs.items()} if key else {}

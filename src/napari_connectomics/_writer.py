@@ -1,0 +1,170 @@
+"""napari writers: one Labels or Image layer to ``.h5`` / ``.hdf5``, ``.zarr`` or ``.tif`` / ``.tiff``.
+
+* Labels are stored as uint16 when every id fits (0..65535), else uint32 (DESIGN.md: never int64);
+  negative ids or ids above 2**32-1 raise a ValueError that says so. Images keep their dtype.
+* In HDF5 / Zarr the array is named after the layer, sanitised to ``[A-Za-z0-9_.-]`` (``labels`` /
+  ``image`` when nothing usable is left); the layer's ``scale`` and ``translate`` go into the
+  array's attributes (our reader reads them back). TIFF holds the bare array.
+* The file is written to a hidden temporary sibling and renamed onto the target, so a failed or
+  interrupted write never leaves a half-written file; an existing target is replaced (napari has
+  already asked the user before overwriting).
+* Each writer returns the list of written paths.
+
+Dask-backed layers are written block by block (never read whole into memory) for HDF5 and Zarr.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["label_dtype", "safe_array_name", "write_image", "write_labels"]
+
+_H5 = (".h5", ".hdf5")
+_ZARR = (".zarr",)
+_TIFF = (".tif", ".tiff")
+
+
+def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """Write a Labels layer (uint16 when the ids fit, else uint32)."""
+    data = _full_resolution(data, meta)
+    dtype = label_dtype(data)
+    return _write(path, data.astype(dtype, copy=False), meta, default_name="labels")
+
+
+def write_image(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """Write an Image layer in its own dtype."""
+    return _write(path, _full_resolution(data, meta), meta, default_name="image")
+
+
+def label_dtype(data: Any) -> np.dtype:
+    """uint16 when all ids lie in 0..65535, uint32 when in 0..2**32-1; else a ValueError."""
+    if np.dtype(data.dtype).kind == "b" or data.size == 0:
+        return np.dtype(np.uint16)
+    if np.dtype(data.dtype).kind not in "iu":
+        raise ValueError(f"labels must be integers, not {data.dtype}")
+    low, high = _min_max(data)
+    if low < 0:
+        raise ValueError(f"labels hold a negative id ({low}); label ids must be 0 or positive")
+    if high <= np.iinfo(np.uint16).max:
+        return np.dtype(np.uint16)
+    if high <= np.iinfo(np.uint32).max:
+        return np.dtype(np.uint32)
+    raise ValueError(f"label id {high} does not fit uint32; relabel the ids to 0..{np.iinfo(np.uint32).max}")
+
+
+def safe_array_name(name: Any, default: str) -> str:
+    """The layer name reduced to ``[A-Za-z0-9_.-]`` (a usable HDF5 / Zarr key), else ``default``."""
+    text = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name or "")).strip("._-")
+    return text if text and text.lower() != "zarr.json" else default
+
+
+def _full_resolution(data: Any, meta: dict[str, Any]) -> Any:
+    if meta.get("multiscale") or isinstance(data, list | tuple):
+        data = data[0]
+    return data if hasattr(data, "dtype") else np.asarray(data)
+
+
+def _min_max(data: Any) -> tuple[int, int]:
+    if hasattr(data, "compute"):
+        import dask
+
+        low, high = dask.compute(data.min(), data.max())
+    else:
+        array = np.asarray(data)
+        low, high = array.min(), array.max()
+    return int(low), int(high)
+
+
+def _write(path: str, data: Any, meta: dict[str, Any], default_name: str) -> list[str]:
+    target = Path(os.fsdecode(path))
+    suffix = target.suffix.lower()
+    if suffix not in _H5 + _ZARR + _TIFF:
+        raise ValueError(f"cannot write {target}: napari-connectomics writes .h5, .hdf5, .zarr, .tif or .tiff")
+    key = safe_array_name(meta.get("name"), default_name)
+    attrs = _spatial_attrs(meta, data.ndim)
+    temporary = target.with_name(f".{target.name}.partial-{os.getpid()}{target.suffix}")
+    _remove(temporary)
+    try:
+        if suffix in _H5:
+            _write_hdf5(temporary, key, data, attrs)
+        elif suffix in _ZARR:
+            _write_zarr(temporary, key, data, attrs)
+        else:
+            _write_tiff(temporary, data, rgb=bool(meta.get("rgb")))
+        if target.is_dir() and not temporary.is_dir():
+            shutil.rmtree(target)
+        elif target.exists() and temporary.is_dir():
+            _remove(target)
+        os.replace(temporary, target)
+    except BaseException:
+        _remove(temporary)
+        raise
+    return [str(target)]
+
+
+def _spatial_attrs(meta: dict[str, Any], ndim: int) -> dict[str, list[float]]:
+    attrs: dict[str, list[float]] = {}
+    for name in ("scale", "translate"):
+        value = meta.get(name)
+        if value is not None and len(value) == ndim:
+            attrs[name] = [float(v) for v in value]
+    return attrs
+
+
+def _write_hdf5(file: Path, key: str, data: Any, attrs: dict[str, list[float]]) -> None:
+    import h5py
+
+    with h5py.File(file, "w") as handle:
+        dataset = handle.create_dataset(key, shape=data.shape, dtype=data.dtype,
+                                        chunks=_chunks(data.shape) or None, compression="gzip")
+        dataset.attrs.update(attrs)
+        _store(data, dataset, lock=True)
+
+
+def _write_zarr(store: Path, key: str, data: Any, attrs: dict[str, list[float]]) -> None:
+    import zarr
+
+    group = zarr.open_group(str(store), mode="w")
+    array = group.create_array(key, shape=data.shape, dtype=data.dtype, chunks=_chunks(data.shape) or "auto")
+    array.attrs.update(attrs)
+    _store(data, array, lock=False)
+
+
+def _write_tiff(file: Path, data: Any, rgb: bool) -> None:
+    """One page per z section (grey values, never read as colour planes), unless the layer is RGB."""
+    import tifffile
+
+    tifffile.imwrite(file, np.asarray(data), photometric="rgb" if rgb else "minisblack")
+
+
+def _store(data: Any, target: Any, lock: bool) -> None:
+    if data.size == 0:
+        return
+    if hasattr(data, "compute"):
+        import dask.array as da
+
+        da.store(data, target, lock=lock)
+    else:
+        target[...] = np.asarray(data)
+
+
+def _chunks(shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """z-y-x blocks of up to 32x256x256 (leading axes one by one); None for empty arrays."""
+    if not shape or 0 in shape:
+        return None
+    spatial = (32, 256, 256)[-min(len(shape), 3):]
+    lead = (1,) * (len(shape) - len(spatial))
+    return tuple(min(n, c) for n, c in zip(shape, lead + spatial))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
