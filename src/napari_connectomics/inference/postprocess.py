@@ -54,6 +54,7 @@ from skimage.segmentation import relabel_sequential, watershed
 
 from ..data.targets import INSTANCE_CONTOUR, INSTANCE_INTERIOR
 from ..progress import Progress, ProgressCallback, emit
+from ..registry import NamedRegistry
 
 __all__ = [
     "CHANNEL_LAYOUTS",
@@ -374,38 +375,23 @@ class Postprocessor(Protocol):
 
 
 _P = TypeVar("_P", bound=Callable[..., np.ndarray])
-_REGISTRY: dict[str, Postprocessor] = {}
+_REGISTRY: NamedRegistry[Postprocessor] = NamedRegistry("post-processor")
 
 
 def register_postprocessor(name: str) -> Callable[[_P], _P]:
     """Decorator: register a :class:`Postprocessor` under ``name``; a name cannot be taken twice."""
 
-    def decorator(function: _P) -> _P:
-        if name in _REGISTRY and _REGISTRY[name] is not function:
-            raise ValueError(f"post-processor {name!r} is already registered")
-        _REGISTRY[name] = function
-        return function
-
-    return decorator
+    return _REGISTRY.register(name)  # type: ignore[return-value]
 
 
 def list_postprocessors() -> list[str]:
     """All registered post-processor names, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_postprocessor(name: str) -> Postprocessor:
     """The post-processor registered under ``name``; the error lists the available names."""
-    if name not in _REGISTRY:
-        from ..config.errors import closest
-
-        hint = closest(name, _REGISTRY)
-        suggestion = f" Did you mean {hint!r}?" if hint else ""
-        raise ValueError(
-            f"Post-processor {name!r} not found.{suggestion} "
-            f"Available: {', '.join(list_postprocessors())}"
-        )
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 @register_postprocessor("none")

@@ -30,6 +30,7 @@ from monai.losses import DiceLoss, FocalLoss, TverskyLoss
 from torch import Tensor, nn
 
 from ..data.conventions import IGNORE_INDEX
+from ..registry import NamedRegistry
 
 __all__ = [
     "DEFAULT_DEEP_SUPERVISION_WEIGHTS",
@@ -49,7 +50,7 @@ DEFAULT_DEEP_SUPERVISION_WEIGHTS: tuple[float, ...] = (1.0, 1 / 2, 1 / 4, 1 / 8,
 
 LossFactory = Callable[..., nn.Module]
 _F = TypeVar("_F", bound=LossFactory)
-_REGISTRY: dict[str, LossFactory] = {}
+_REGISTRY: NamedRegistry[LossFactory] = NamedRegistry("loss")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -62,29 +63,17 @@ def register_loss(name: str) -> Callable[[_F], _F]:
     is an error, so a plugin cannot silently replace a built-in loss.
     """
 
-    def decorator(factory: _F) -> _F:
-        if name in _REGISTRY and _REGISTRY[name] is not factory:
-            raise ValueError(f"loss {name!r} is already registered")
-        _REGISTRY[name] = factory
-        return factory
-
-    return decorator
+    return _REGISTRY.register(name)  # type: ignore[return-value]
 
 
 def list_losses() -> list[str]:
     """All registered loss names, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_loss(name: str, **kwargs: Any) -> nn.Module:
     """An instance of the loss registered under ``name``; kwargs go to its factory (``out_channels``...)."""
-    if name not in _REGISTRY:
-        from ..config.errors import closest
-
-        hint = closest(name, _REGISTRY)
-        suggestion = f" Did you mean {hint!r}?" if hint else ""
-        raise ValueError(f"Loss {name!r} not found.{suggestion} Available: {', '.join(list_losses())}")
-    return _REGISTRY[name](**kwargs)
+    return _REGISTRY.get(name)(**kwargs)
 
 
 # --------------------------------------------------------------------------------------------------
