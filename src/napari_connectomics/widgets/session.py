@@ -1,0 +1,56 @@
+"""State shared by the three panels of one viewer, in an evented dataclass (no Qt needed).
+
+The Model, Train and Segment panels can be docked separately or together in the combined
+"Connectomics" widget; either way they edit one config and see one latest checkpoint, so the
+model picked in the Model panel is the one the Train panel trains and the checkpoint a run writes
+is the one the Segment panel offers first. Panels connect to ``session.events.<field>``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from psygnal import evented
+
+from ..config import as_config
+
+__all__ = ["SessionState", "session_for"]
+
+
+def _default_config() -> Any:
+    return as_config({})
+
+
+@evented
+@dataclass
+class SessionState:
+    """What the panels of one viewer share.
+
+    config: the whole run config (model section edited by the Model panel, training fields by the
+        Train panel); replace it (``state.config = new``) rather than mutating it, so listeners hear.
+    checkpoint: the checkpoint most recently written by training or chosen by the user.
+    run_dir: the folder of the most recent training run.
+    busy: the name of the background job holding the CPU/GPU ("train", "segment"), or "" when idle.
+    """
+
+    config: Any = field(default_factory=_default_config)
+    checkpoint: str | None = None
+    run_dir: str | None = None
+    busy: str = ""
+
+
+_SESSIONS: "weakref.WeakKeyDictionary[Any, SessionState]" = weakref.WeakKeyDictionary()
+_NO_VIEWER = object()
+_UNBOUND: dict[int, SessionState] = {}
+
+
+def session_for(viewer: Any | None) -> SessionState:
+    """The session of ``viewer`` (created on first use); one per viewer, forgotten with it."""
+    if viewer is None:
+        return _UNBOUND.setdefault(id(_NO_VIEWER), SessionState())
+    try:
+        return _SESSIONS.setdefault(viewer, SessionState())
+    except TypeError:  # an object that can't be weakly referenced: key by identity
+        return _UNBOUND.setdefault(id(viewer), SessionState())
