@@ -1,0 +1,95 @@
+"""The plugin's widgets through napari itself: the combined dock widget, the Layers > Segment menu,
+one session shared by separately docked panels, and the demo's `--gui` viewer."""
+
+from __future__ import annotations
+
+import sys
+import subprocess
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+
+pytestmark = pytest.mark.gui
+
+PLUGIN = "napari-connectomics"
+
+
+def test_combined_widget_holds_the_three_panels_in_workflow_order(make_napari_viewer, qtbot):
+    from napari_connectomics.widgets import ModelPanel, SegmentPanel, TrainPanel
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Connectomics")
+    tabs = [widget.tabs.tabText(i) for i in range(widget.tabs.count())]
+    assert tabs == ["Model", "Train", "Segment"]
+    assert isinstance(widget.tabs.widget(0), ModelPanel)
+    assert isinstance(widget.tabs.widget(1), TrainPanel)
+    assert isinstance(widget.tabs.widget(2), SegmentPanel)
+    qtbot.waitUntil(lambda: widget.model_panel.parameter_count is not None, timeout=120_000)
+    assert widget.model_panel.parameter_count > 0  # the model info ran in the background
+
+
+def test_panels_docked_separately_share_one_session(make_napari_viewer, qtbot):
+    from napari_connectomics.widgets.session import session_for
+
+    viewer = make_napari_viewer()
+    _, combined = viewer.window.add_plugin_dock_widget(PLUGIN, "Connectomics")
+    _, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    assert combined.session is session_for(viewer) is segment.session
+    combined.model_panel.architecture.value = "mednext"
+    assert session_for(viewer).config.model.architecture == "mednext"
+    # the parameter count runs in the background: let it finish before the viewer closes
+    qtbot.waitUntil(lambda: combined.model_panel.parameter_count is not None and not combined.model_panel.counting,
+                    timeout=120_000)
+    other = make_napari_viewer()
+    assert session_for(other) is not session_for(viewer)  # one session per viewer
+
+
+def test_layers_segment_menu_opens_the_panels(make_napari_viewer):
+    from napari._app_model import get_app_model
+
+    viewer = make_napari_viewer()
+    app = get_app_model()
+    entries = app.menus.get_menu("napari/layers/segment")
+    submenus = [getattr(item, "submenu", None) for item in entries]
+    assert "connectomics_submenu" in submenus
+    commands = [item.command.id for item in app.menus.get_menu("connectomics_submenu")]
+    assert sorted(commands) == ["napari-connectomics.open_connectomics", "napari-connectomics.open_segment_panel",
+                                "napari-connectomics.open_train_panel"]
+    app.commands.execute_command("napari-connectomics.open_segment_panel").result()
+    assert any("Segment" in name for name in viewer.window.dock_widgets)
+
+
+def test_manifest_lists_every_panel_and_validates():
+    done = subprocess.run([sys.executable, "-m", "npe2", "validate", "--imports", PLUGIN],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    from npe2 import PluginManifest
+
+    names = [w.display_name for w in PluginManifest.from_distribution(PLUGIN).contributions.widgets]
+    assert names == ["Connectomics", "Model", "Train", "Segment"]
+
+
+def test_demo_gui_opens_the_result_with_the_dock_widget(make_napari_viewer, tmp_path):
+    from napari_connectomics.demo import DemoResult, _demo_data
+    from napari_connectomics.demo_gui import open_demo_viewer
+    from napari_connectomics.inference.stores import open_output, write_labels
+    from napari_connectomics.widgets.session import session_for
+
+    _, _, test_image, _, _ = _demo_data(None, 0)
+    prediction = tmp_path / "prediction.zarr"
+    probabilities = np.random.default_rng(0).random((2, *test_image.shape)).astype(np.float32)
+    with open_output(prediction, probabilities.shape, dtype="float16") as writer:
+        writer.write(tuple(slice(0, n) for n in test_image.shape), probabilities)
+        writer.commit()
+    write_labels(prediction, (probabilities[1] > 0.5).astype(np.uint16), name="labels", overwrite=True)
+    checkpoint = tmp_path / "runs" / "demo" / "t" / "checkpoints" / "last.ckpt"
+    result = DemoResult(tmp_path, checkpoint, prediction, tmp_path / "overlay.png", {"iou": 0.5})
+
+    viewer = open_demo_viewer(result, viewer=make_napari_viewer())
+    names = [layer.name for layer in viewer.layers]
+    assert names == ["EM (held out)", "ground truth", "EM (held out) probabilities", "EM (held out) segmentation"]
+    assert viewer.layers["EM (held out) probabilities"].data.shape == test_image.shape
+    assert any("Connectomics" in name for name in viewer.window.dock_widgets)
+    assert session_for(viewer).checkpoint == str(checkpoint)
