@@ -1,0 +1,968 @@
+"""The Train panel: train a network from the annotations painted in napari, with live feedback.
+
+The user picks Image + Labels layer pairs (or files), says how the labels are meant (sparse:
+0 = not annotated, 1 = background, 2.. = classes; or dense), names the classes in a legend whose
+buttons select the label to paint, and presses Train. The run goes through a
+:class:`~.background.BackgroundJob`: Lightning runs in its own thread and puts progress on a
+queue that a napari thread_worker relays to this panel, which draws a progress bar, the loss plot
+and the live preview. The panel's GUI thread never runs torch (nor imports it), so the viewer
+stays responsive while a network trains; Stop ends the run after the step in flight with a
+checkpoint, Continue resumes it.
+
+A run started here is reproducible: its folder holds ``config.yaml`` and the annotations it
+trained on (see :mod:`.training_request`), so ``napari-connectomics train --config
+<run>/config.yaml`` repeats it. The user's layers are copied before training and never modified.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui import widgets
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QFrame,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QScrollArea,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..progress import Progress
+from .background import BackgroundJob
+from .forms import knob_widget, parse_list
+from .loss_plot import LossPlot
+from .notify import UserError, notify_error, show_info, show_warning
+from .session import session_for
+from .training_request import (
+    DEVICES,
+    Notice,
+    PairChoice,
+    PreviewTarget,
+    PreviewUpdate,
+    RunStarted,
+    TrainChoices,
+    build_config,
+    check_choices,
+    class_value,
+    continue_config,
+    default_class_names,
+    lower_thread_priority,
+    prepare_run,
+    run_training,
+    steps_label,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["ClassLegend", "PairRow", "TrainPanel"]
+
+logger = logging.getLogger(__name__)
+
+WARNING_STYLE = "color: #e0a040;"
+JOB_NAME = "train"
+PREVIEW_SUFFIX = " preview"
+PREVIEW_MARK = "napari_connectomics_preview"  # metadata key of the preview layers this panel makes
+DEFAULT_STEPS = 200
+DEFAULT_PREVIEW_EVERY = 25
+_REFERENCE_SUFFIXES = (".tif", ".tiff", ".npy")
+# While training runs, Python hands the GIL to a waiting thread after this long instead of 5 ms:
+# the GUI thread re-acquires the GIL after every OpenGL/Qt call that released it, and with a
+# CPU-bound training thread each re-acquisition would otherwise cost up to 5 ms (a redraw makes
+# dozens), which is what makes a viewer stutter. Restored when the run ends.
+GUI_SWITCH_INTERVAL = 0.001
+
+
+def _default_output_dir() -> str:
+    """Runs go under the home folder: napari started from a desktop icon may run in '/'."""
+    return str(Path.home() / "napari-connectomics" / "runs")
+
+
+# --------------------------------------------------------------------------------------------
+# Layer snapshots (GUI thread): the user's layers are copied, never handed to the training thread
+# --------------------------------------------------------------------------------------------
+
+
+def snapshot_labels(layer: Any) -> np.ndarray:
+    """A private copy of a Labels layer's data (the user keeps painting while the network trains)."""
+    if getattr(layer, "multiscale", False):
+        raise UserError(f"{layer.name} is a multiscale Labels layer; paint into a single-scale Labels layer")
+    return np.array(layer.data, copy=True)
+
+
+def snapshot_image(layer: Any) -> Any:
+    """An in-memory image is copied; a lazy one (dask/zarr over a file) is read-only and kept as is."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    if getattr(layer, "rgb", False):
+        raise UserError(f"{layer.name} is an RGB image; convert it to a greyscale volume first")
+    return data.copy() if isinstance(data, np.ndarray) else data
+
+
+def image_source(layer: Any) -> str | None:
+    """The file spec a layer was read from, when it names one volume (our reader records it)."""
+    source = (getattr(layer, "metadata", None) or {}).get("source")
+    if isinstance(source, str) and source:
+        return source
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if path and str(path).lower().endswith(_REFERENCE_SUFFIXES):
+        return str(path)
+    return None
+
+
+def voxel_size_of(layer: Any) -> list[float]:
+    """The layer's scale as z-y-x voxel size (a 2D layer gets z = 1)."""
+    scale = [float(s) for s in layer.scale][-3:]
+    return [1.0] * (3 - len(scale)) + scale
+
+
+# --------------------------------------------------------------------------------------------
+# Widgets
+# --------------------------------------------------------------------------------------------
+
+
+class PairRow(QWidget):
+    """One training pair: Image and Labels layer pickers, or image and labels file specs."""
+
+    def __init__(self, index: int, removable: bool, on_remove: Any) -> None:
+        super().__init__()
+        self.index = index
+        self.image_combo = QComboBox()
+        self.labels_combo = QComboBox()
+        self.image_combo.setToolTip("the Image layer the labels were painted on")
+        self.labels_combo.setToolTip("the Labels layer with your annotation (same shape as the image)")
+        self.image_path = QLineEdit()
+        self.labels_path = QLineEdit()
+        self.image_path.setPlaceholderText("image: stack.h5:raw, stack.zarr/raw, stack.tif")
+        self.labels_path.setPlaceholderText("labels: stack.h5:labels")
+        self.pages = QStackedWidget()
+        for first, second in ((self.image_combo, self.labels_combo), (self.image_path, self.labels_path)):
+            page = QWidget()
+            grid = QGridLayout(page)
+            grid.setContentsMargins(0, 0, 0, 0)
+            grid.addWidget(QLabel("image"), 0, 0)
+            grid.addWidget(first, 0, 1)
+            grid.addWidget(QLabel("labels"), 1, 0)
+            grid.addWidget(second, 1, 1)
+            grid.setColumnStretch(1, 1)
+            self.pages.addWidget(page)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.pages, 1)
+        self.remove_button = QPushButton("−")
+        self.remove_button.setFixedWidth(28)
+        self.remove_button.setToolTip("remove this pair")
+        self.remove_button.setVisible(removable)
+        self.remove_button.clicked.connect(lambda: on_remove(self))
+        layout.addWidget(self.remove_button)
+
+    def set_files_mode(self, files: bool) -> None:
+        self.pages.setCurrentIndex(1 if files else 0)
+
+
+class _Swatch(QLabel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFixedSize(18, 18)
+        self.setFrameShape(QFrame.Shape.Box)
+
+    def set_rgba(self, rgba: Any) -> None:
+        if rgba is None or len(rgba) < 3 or (len(rgba) > 3 and float(rgba[3]) == 0.0):
+            self.setStyleSheet("background: transparent;")
+            self.setToolTip("transparent (not drawn)")
+            return
+        r, g, b = (int(round(float(c) * 255)) for c in rgba[:3])
+        self.setStyleSheet(f"background: rgb({r}, {g}, {b});")
+        self.setToolTip(f"rgb({r}, {g}, {b})")
+
+
+@dataclass
+class _LegendRow:
+    index: int
+    value_label: QLabel
+    swatch: _Swatch
+    name: QLineEdit
+    paint: QPushButton
+    remove: QPushButton | None
+
+
+class ClassLegend(QWidget):
+    """Label value -> class name, in the Labels layer's colours, with a paint button per class.
+
+    napari paints 1 by default, which is *background* in sparse mode; the legend shows what each
+    value means and selects the right label to paint, and warns when only background is painted.
+    Class names are kept per class index (0 = background), so switching sparse/dense keeps them.
+    """
+
+    def __init__(self, activate_layer: Any = None) -> None:
+        super().__init__()
+        self._activate_layer = activate_layer
+        self._layer: Any = None
+        self._mode = "sparse"
+        self._task = "semantic"
+        self._names: dict[int, str] = default_class_names()
+        self._painted: set[int] = set()
+        self.rows: list[_LegendRow] = []
+        self._grid = QGridLayout()
+        self._grid.setContentsMargins(0, 0, 0, 0)
+        self.add_button = QPushButton("+ class")
+        self.add_button.setToolTip("add a class (painted with the next label value)")
+        self.add_button.clicked.connect(self.add_class)
+        self.new_object_button = QPushButton("paint a new object")
+        self.new_object_button.setToolTip("instance task: select an unused label value for the next object")
+        self.new_object_button.clicked.connect(self.paint_new_object)
+        self.hint = QLabel()
+        self.hint.setWordWrap(True)
+        self.warning = QLabel()
+        self.warning.setWordWrap(True)
+        self.warning.setStyleSheet(WARNING_STYLE)
+        self.warning.setVisible(False)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.hint)
+        layout.addLayout(self._grid)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.add_button)
+        buttons.addWidget(self.new_object_button)
+        buttons.addStretch(1)
+        layout.addLayout(buttons)
+        layout.addWidget(self.warning)
+        self._rebuild()
+
+    # --- state -----------------------------------------------------------------------------------
+    @property
+    def layer(self) -> Any:
+        return self._layer
+
+    def set_layer(self, layer: Any) -> None:
+        """Follow a Labels layer: its colours, and what is painted into it from now on."""
+        if layer is self._layer:
+            return
+        self._disconnect()
+        self._layer = layer
+        self._painted = set()
+        if layer is not None:
+            layer.events.colormap.connect(self._refresh_colours)
+            layer.events.paint.connect(self._on_paint)
+        self._rebuild()
+
+    def set_mode(self, mode: str) -> None:
+        self._mode = mode
+        self._rebuild()
+
+    def set_task(self, task: str) -> None:
+        self._task = task
+        self._rebuild()
+
+    def class_names(self) -> dict[int, str]:
+        """Class index -> name, as edited."""
+        for row in self.rows:
+            self._names[row.index] = row.name.text().strip() or f"class {row.index}"
+        return dict(self._names)
+
+    def value_of(self, index: int) -> int:
+        return class_value(index, self._mode)
+
+    # --- actions ---------------------------------------------------------------------------------
+    def add_class(self) -> None:
+        self.class_names()
+        index = max(self._names) + 1
+        self._names[index] = f"class {index}"
+        self._rebuild()
+
+    def remove_class(self, index: int) -> None:
+        self.class_names()
+        self._names.pop(index, None)
+        self._rebuild()
+
+    def paint(self, value: int) -> None:
+        """Select ``value`` as the label to paint and switch the layer to the paint brush."""
+        if self._layer is None:
+            show_warning("pick the Labels layer you paint into first")
+            return
+        self._layer.selected_label = int(value)
+        self._layer.mode = "paint"
+        if self._activate_layer is not None:
+            self._activate_layer(self._layer)
+
+    def paint_new_object(self) -> None:
+        """Instance task: each object gets its own value (the largest painted + 1)."""
+        if self._layer is None:
+            show_warning("pick the Labels layer you paint into first")
+            return
+        largest = int(np.max(self._layer.data)) if np.size(self._layer.data) else 0
+        self.paint(max(largest + 1, class_value(1, self._mode)))
+
+    # --- painted values --------------------------------------------------------------------------
+    def _on_paint(self, event: Any) -> None:
+        self._painted |= _painted_values(getattr(event, "value", None))
+        self._refresh_warning()
+
+    def note_painted(self, values: set[int]) -> None:
+        """Values known to be painted (e.g. found when a run starts)."""
+        self._painted |= set(values)
+        self._refresh_warning()
+
+    def _refresh_warning(self) -> None:
+        text = ""
+        painted = {v for v in self._painted if v != 0}
+        if self._mode == "sparse" and painted == {1}:
+            text = ("Only label 1 is painted so far, and 1 is background in sparse mode. Paint objects "
+                    f"with 2 (the 'paint' button of {self._names.get(1, 'class 1')!r}).")
+        self.warning.setText(text)
+        self.warning.setVisible(bool(text))
+
+    # --- drawing ---------------------------------------------------------------------------------
+    def _rebuild(self) -> None:
+        self.class_names() if self.rows else None
+        while self._grid.count():
+            item = self._grid.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
+        self.rows = []
+        instance = self._task == "instance"
+        shown = {0: self._names.get(0, "background")}
+        if instance:
+            shown[1] = "objects (each painted with its own value)"
+        else:
+            shown.update({k: v for k, v in sorted(self._names.items()) if k != 0})
+        for position, (index, name) in enumerate(shown.items()):
+            self.rows.append(self._make_row(position, index, name, removable=not instance and index >= 2))
+        self.add_button.setVisible(not instance)
+        self.new_object_button.setVisible(instance)
+        if self._mode == "sparse":
+            self.hint.setText("Sparse: 0 = not annotated (ignored), 1 = background, 2.. = classes. "
+                              "napari paints 1 by default: that is background here.")
+        else:
+            self.hint.setText("Dense: every voxel is annotated; 0 = background, 1.. = classes.")
+        self._refresh_colours()
+        self._refresh_warning()
+
+    def _make_row(self, position: int, index: int, name: str, removable: bool) -> _LegendRow:
+        value = class_value(index, self._mode)
+        objects = self._task == "instance" and index == 1  # one row for all objects, each its own value
+        value_label = QLabel(f"{value}, {value + 1}, …" if objects else f"{value}")
+        swatch = _Swatch()
+        edit = QLineEdit(name)
+        edit.setReadOnly(objects)
+        edit.setToolTip("class name (saved with the run)")
+        paint = QPushButton("paint")
+        paint.setToolTip(f"paint label {value} into the Labels layer")
+        if objects:
+            paint.clicked.connect(self.paint_new_object)
+        else:
+            paint.clicked.connect(lambda _=False, v=value: self.paint(v))
+        remove = None
+        for column, widget in enumerate((swatch, value_label, edit, paint)):
+            self._grid.addWidget(widget, position, column)
+        if removable:
+            remove = QPushButton("−")
+            remove.setFixedWidth(28)
+            remove.setToolTip("remove this class")
+            remove.clicked.connect(lambda _=False, i=index: self.remove_class(i))
+            self._grid.addWidget(remove, position, 4)
+        self._grid.setColumnStretch(2, 1)
+        return _LegendRow(index, value_label, swatch, edit, paint, remove)
+
+    def _refresh_colours(self, event: Any = None) -> None:
+        for row in self.rows:
+            row.swatch.set_rgba(self.colour_of(class_value(row.index, self._mode)))
+
+    def colour_of(self, value: int) -> Any:
+        """The layer's RGBA for ``value`` (None without a layer, or for the transparent 0)."""
+        if self._layer is None:
+            return None
+        try:
+            return np.asarray(self._layer.colormap.map(int(value))).ravel()
+        except Exception:  # older napari: get_color
+            colour = self._layer.get_color(int(value))
+            return None if colour is None else np.asarray(colour).ravel()
+
+    def _disconnect(self) -> None:
+        if self._layer is None:
+            return
+        for emitter, slot in ((self._layer.events.colormap, self._refresh_colours),
+                              (self._layer.events.paint, self._on_paint)):
+            try:
+                emitter.disconnect(slot)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+
+
+def _painted_values(history: Any) -> set[int]:
+    """Label values written by a napari paint event (its undo-history atoms)."""
+    found: set[int] = set()
+    for atom in history or ():
+        value = getattr(atom, "new_value", None)
+        if value is None and isinstance(atom, tuple) and len(atom) == 3:
+            value = atom[2]
+        if value is None:
+            continue
+        try:
+            found.update(int(v) for v in np.unique(np.asarray(value)))
+        except (TypeError, ValueError):
+            continue
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# The panel
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _FinishedRun:
+    """What Continue needs: the prepared run, how far it got, and its last checkpoint."""
+
+    prepared: Any
+    global_step: int
+    last_checkpoint: Path
+    preview_every: int
+    preview_layer: str | None = None  # the image layer the previews are drawn over
+
+
+class TrainPanel(QWidget):
+    """Train from annotations: pairs, label meaning, validation, start point, knobs, Train/Stop/Continue.
+
+    Attributes a caller (or test) can drive: ``pair_rows`` (``image_combo``/``labels_combo``, or
+    ``image_path``/``labels_path`` in files mode), ``source``, ``label_mode``, ``legend``,
+    ``validation``, ``val_fraction``, ``val_labels``, ``start``, ``checkpoint``, ``task``,
+    ``patch_size``, ``batch_size``, ``steps``, ``lr``, ``device``, ``voxel_size``,
+    ``preview_every``, ``output_dir`` (magicgui widgets: set ``.value``), the buttons
+    ``train_button``, ``stop_button``, ``continue_button``, and ``loss_plot``, ``status``,
+    ``job`` (the running BackgroundJob or None), ``last_result`` (the TrainResult of the last run).
+    """
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.job: BackgroundJob | None = None
+        self.last_result: Any = None
+        self.run_dir: Path | None = None
+        self._finished: _FinishedRun | None = None
+        self.progress_bar: Any = None
+        self._progress_first_step = 0
+        self._stopping = False
+        self._preview_source: Any = None
+        self._launched_preview_every = 0
+        self._saved_switch_interval: float | None = None
+        self.preview_target = PreviewTarget()
+        self.pair_rows: list[PairRow] = []
+        # Closing the panel (or napari) stops a run: the training thread must not outlive its GUI.
+        running_job: list[BackgroundJob | None] = [None]
+        self._running_job = running_job
+        self.destroyed.connect(lambda *_: running_job[0].stop() if running_job[0] is not None else None)
+        self._build()
+        self._connect_viewer()
+        self._refresh_layers()
+        self._update_buttons()
+
+    # --- layout ----------------------------------------------------------------------------------
+    def _build(self) -> None:
+        cfg = self.session.config
+        content = QWidget()
+        layout = QVBoxLayout(content)
+        layout.addWidget(self._build_data())
+        layout.addWidget(self._build_validation())
+        layout.addWidget(self._build_start(cfg))
+        layout.addWidget(self._build_knobs(cfg))
+        layout.addLayout(self._build_buttons())
+        self.status = QLabel("Paint labels, then press Train.")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        self.loss_plot = LossPlot()
+        layout.addWidget(self.loss_plot)
+        layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        self.add_pair()  # last: filling its layer pickers updates the legend and the voxel size
+
+    def _build_data(self) -> QGroupBox:
+        box = QGroupBox("Annotations")
+        form = QVBoxLayout(box)
+        self.source = widgets.ComboBox(choices=["layers", "files"], value="layers", label="from",
+                                       tooltip="train on napari layers, or on image/labels files on disk")
+        self.source.changed.connect(self._on_source_changed)
+        self._pairs_box = QVBoxLayout()
+        self.add_pair_button = QPushButton("+ pair")
+        self.add_pair_button.setToolTip("train on several image/labels pairs at once")
+        self.add_pair_button.clicked.connect(lambda: self.add_pair())
+        self.label_mode = knob_widget("data", "label_mode", "sparse", label="annotation")
+        self.label_mode.changed.connect(lambda value: self.legend.set_mode(value))
+        self.legend = ClassLegend(activate_layer=self._activate)
+        top = QFormLayout()
+        top.addRow("from", self.source.native)
+        form.addLayout(top)
+        form.addLayout(self._pairs_box)
+        form.addWidget(self.add_pair_button, 0, Qt.AlignmentFlag.AlignLeft)
+        mode = QFormLayout()
+        mode.addRow("annotation", self.label_mode.native)
+        form.addLayout(mode)
+        form.addWidget(self.legend)
+        return box
+
+    def _build_validation(self) -> QGroupBox:
+        box = QGroupBox("Validation")
+        form = QFormLayout(box)
+        self.validation = widgets.ComboBox(
+            choices=[("held-out part of the annotation", "held-out"), ("a second Labels layer", "labels")],
+            value="held-out", tooltip="what the validation loss is measured on")
+        self.val_fraction = knob_widget("data", "val_fraction", 0.2, label="held out")
+        self.val_fraction.tooltip = ("share of the annotated sections (sparse) or of z (dense, files) kept "
+                                     "for validation")
+        self.val_labels = QComboBox()
+        self.val_labels.setToolTip("Labels layer over the first image, annotated for validation only")
+        self.validation.changed.connect(self._on_validation_changed)
+        form.addRow("from", self.validation.native)
+        form.addRow("held out", self.val_fraction.native)
+        form.addRow("labels", self.val_labels)
+        self._on_validation_changed(self.validation.value)
+        return box
+
+    def _build_start(self, cfg: Any) -> QGroupBox:
+        box = QGroupBox("Start")
+        form = QFormLayout(box)
+        self.start = widgets.ComboBox(
+            choices=[("from scratch", "scratch"), ("from a checkpoint (fine-tune)", "checkpoint")],
+            value="scratch", tooltip="fine-tune: start from a trained model, e.g. after correcting its output")
+        self.checkpoint = widgets.FileEdit(mode="r", filter="*.ckpt", value=self.session.checkpoint or "")
+        self.checkpoint.tooltip = "the checkpoint to fine-tune (default: the latest of this session)"
+        self.start.changed.connect(lambda value: self.checkpoint.native.setEnabled(value == "checkpoint"))
+        self.checkpoint.native.setEnabled(False)
+        self.session.events.checkpoint.connect(self._on_session_checkpoint)
+        form.addRow("model", self.start.native)
+        form.addRow("checkpoint", self.checkpoint.native)
+        return box
+
+    def _build_knobs(self, cfg: Any) -> QGroupBox:
+        box = QGroupBox("Training")
+        form = QFormLayout(box)
+        self.task = knob_widget("data", "target", "semantic", label="task")
+        self.task.tooltip = ("semantic: one output per class; instance: separate touching objects "
+                             "(interior + contour, then watershed); binary: all classes as one foreground")
+        self.task.changed.connect(lambda value: self.legend.set_task(value))
+        self.patch_size = knob_widget("data", "patch_size", list(cfg.data.patch_size), label="patch size")
+        self.batch_size = knob_widget("data", "batch_size", int(cfg.data.batch_size), label="batch")
+        self.steps = knob_widget("training", "max_steps", DEFAULT_STEPS, label="steps")
+        self.steps.tooltip = "optimizer steps to train (Continue adds this many more)"
+        self.lr = knob_widget("optimizer", "lr", float(cfg.optimizer.lr), label="learning rate")
+        if hasattr(self.lr.native, "setDecimals"):
+            self.lr.native.setDecimals(6)  # learning rates like 3e-4 must not round to 0
+        self.device = widgets.ComboBox(choices=list(DEVICES), value="auto",
+                                       tooltip="auto: the GPU when there is one, else the CPU")
+        self.voxel_size = knob_widget("data", "voxel_size", list(cfg.data.voxel_size), label="voxel size")
+        self.voxel_size.tooltip = "z, y, x voxel size; taken from the image layer's scale"
+        self.preview_every = widgets.SpinBox(value=DEFAULT_PREVIEW_EVERY, min=0, max=100000,
+                                             tooltip="every N steps, predict the viewed section into a "
+                                                     "'<image> preview' layer (0: off)")
+        self.output_dir = widgets.FileEdit(mode="d", value=_default_output_dir())
+        self.output_dir.tooltip = "runs are written to <folder>/<run name>/<date-time>/"
+        for label, widget in (("task", self.task), ("patch size", self.patch_size), ("batch", self.batch_size),
+                              ("steps", self.steps), ("learning rate", self.lr), ("device", self.device),
+                              ("voxel size", self.voxel_size), ("preview every", self.preview_every),
+                              ("output folder", self.output_dir)):
+            form.addRow(label, widget.native)
+        return box
+
+    def _build_buttons(self) -> QHBoxLayout:
+        row = QHBoxLayout()
+        self.train_button = QPushButton("Train")
+        self.train_button.setToolTip("train a new run on the annotations as they are now")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("stop after the step in flight; a checkpoint is saved")
+        self.continue_button = QPushButton("Continue")
+        self.continue_button.setToolTip("resume the last run from its last checkpoint for more steps")
+        self.train_button.clicked.connect(self.start_training)
+        self.stop_button.clicked.connect(self.stop_training)
+        self.continue_button.clicked.connect(self.continue_training)
+        for button in (self.train_button, self.stop_button, self.continue_button):
+            row.addWidget(button)
+        return row
+
+    # --- pairs and layers ------------------------------------------------------------------------
+    def add_pair(self) -> PairRow:
+        row = PairRow(len(self.pair_rows), removable=bool(self.pair_rows), on_remove=self._remove_pair)
+        row.set_files_mode(self.source.value == "files")
+        self.pair_rows.append(row)
+        self._pairs_box.addWidget(row)
+        if len(self.pair_rows) == 1:
+            row.image_combo.currentTextChanged.connect(self._on_first_image_changed)
+            row.labels_combo.currentTextChanged.connect(self._on_first_labels_changed)
+        self._refresh_layers()
+        return row
+
+    def _remove_pair(self, row: PairRow) -> None:
+        if row in self.pair_rows[1:]:
+            self.pair_rows.remove(row)
+            row.setParent(None)
+            row.deleteLater()
+
+    def _connect_viewer(self) -> None:
+        layers = self.viewer.layers
+        layers.events.inserted.connect(self._on_layer_inserted)
+        layers.events.removed.connect(self._refresh_layers)
+        layers.events.reordered.connect(self._refresh_layers)
+        for layer in layers:
+            layer.events.name.connect(self._refresh_layers)
+        self.viewer.dims.events.current_step.connect(self._track_view)
+        self.viewer.camera.events.center.connect(self._track_view)
+        self.session.events.busy.connect(self._on_busy)
+
+    def _on_busy(self, busy: str = "") -> None:
+        try:
+            self._update_buttons()
+        except RuntimeError:  # the panel was closed; the session outlives it
+            pass
+
+    def _on_layer_inserted(self, event: Any) -> None:
+        event.value.events.name.connect(self._refresh_layers)
+        self._refresh_layers()
+
+    def _layer_names(self, kind: str) -> list[str]:
+        import napari
+
+        cls = napari.layers.Labels if kind == "labels" else napari.layers.Image
+        return [layer.name for layer in self.viewer.layers
+                if isinstance(layer, cls) and (layer.metadata or {}).get(PREVIEW_MARK) is None]
+
+    def _refresh_layers(self, event: Any = None) -> None:
+        """Refill the layer pickers, keeping each choice; a new pair defaults to the newest layers."""
+        images, labels = self._layer_names("image"), self._layer_names("labels")
+        for row in self.pair_rows:
+            _refill(row.image_combo, images, default=images[0] if images else None)
+            _refill(row.labels_combo, labels, default=self._default_labels(labels))
+        _refill(self.val_labels, labels, default=labels[0] if labels else None)
+
+    def _default_labels(self, names: list[str]) -> str | None:
+        """The active Labels layer, else the newest one: the layer the user just added to paint in."""
+        active = self.viewer.layers.selection.active
+        if active is not None and active.name in names:
+            return active.name
+        return names[-1] if names else None
+
+    def _layer(self, name: str) -> Any:
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    def _first_image_layer(self) -> Any:
+        if self.source.value != "layers" or not self.pair_rows:
+            return None
+        return self._layer(self.pair_rows[0].image_combo.currentText())
+
+    def _on_first_image_changed(self, name: str) -> None:
+        layer = self._layer(name)
+        if layer is not None:
+            self.voxel_size.value = ", ".join(f"{v:g}" for v in voxel_size_of(layer))
+        self._track_view()
+
+    def _on_first_labels_changed(self, name: str) -> None:
+        self.legend.set_layer(self._layer(name) if self.source.value == "layers" else None)
+
+    def _on_source_changed(self, value: str) -> None:
+        for row in self.pair_rows:
+            row.set_files_mode(value == "files")
+        self._on_first_labels_changed(self.pair_rows[0].labels_combo.currentText())
+
+    def _on_validation_changed(self, value: str) -> None:
+        self.val_labels.setEnabled(value == "labels")
+        self.val_fraction.native.setEnabled(value == "held-out")
+
+    def _on_session_checkpoint(self, path: Any = None) -> None:
+        """Fine-tuning defaults to the session's latest checkpoint (a run's, or one the user chose)."""
+        if path:
+            try:
+                self.checkpoint.value = str(path)
+            except RuntimeError:  # the panel was closed; the session outlives it
+                pass
+
+    def _activate(self, layer: Any) -> None:
+        self.viewer.layers.selection.active = layer
+
+    def _track_view(self, event: Any = None) -> None:
+        """Remember the viewed section and centre in the first image's data coordinates; the
+        training thread's preview reads them (plain attributes: no locking, no Qt)."""
+        layer = self._preview_source or self._first_image_layer()
+        if layer is None:
+            return
+        try:
+            point = list(self.viewer.dims.point)
+            centre = list(self.viewer.camera.center)
+            if len(point) >= 2 and len(centre) >= 2:
+                point[-2:] = centre[-2:]
+            data = np.asarray(layer.world_to_data(point[-layer.ndim:]), dtype=float)
+        except Exception:  # a layer being removed mid-event: keep the last position
+            return
+        if layer.ndim >= 3:
+            self.preview_target.z = int(round(data[-3]))
+        self.preview_target.y, self.preview_target.x = int(round(data[-2])), int(round(data[-1]))
+
+    # --- choices ---------------------------------------------------------------------------------
+    def collect_choices(self) -> TrainChoices:
+        """The panel's state as :class:`TrainChoices`, with private copies of the layers' data."""
+        pairs = [self._pair_choice(row) for row in self.pair_rows]
+        val_label = None
+        if self.validation.value == "labels":
+            layer = self._layer(self.val_labels.currentText())
+            if layer is not None:
+                val_label = snapshot_labels(layer)
+        try:
+            patch = parse_list(self.patch_size.value, int)
+            voxel = parse_list(self.voxel_size.value, float)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        return TrainChoices(
+            pairs=pairs, label_mode=self.label_mode.value, task=self.task.value,
+            classes=self.legend.class_names(), validation=self.validation.value,
+            val_fraction=float(self.val_fraction.value), val_label=val_label, start=self.start.value,
+            checkpoint=str(self.checkpoint.value) if str(self.checkpoint.value) not in ("", ".") else None,
+            patch_size=patch, batch_size=int(self.batch_size.value), steps=int(self.steps.value),
+            lr=float(self.lr.value), device=self.device.value, voxel_size=voxel,
+            output_dir=str(self.output_dir.value), preview_every=int(self.preview_every.value))
+
+    def _pair_choice(self, row: PairRow) -> PairChoice:
+        number = f"pair {row.index + 1}" if len(self.pair_rows) > 1 else "the annotation"
+        if self.source.value == "files":
+            return PairChoice(name=number, image=row.image_path.text().strip() or None,
+                              label=row.labels_path.text().strip() or None)
+        image = self._layer(row.image_combo.currentText())
+        labels = self._layer(row.labels_combo.currentText())
+        if image is None or labels is None:
+            return PairChoice(name=number, image=None if image is None else image.data,
+                              label=None if labels is None else labels.data)
+        return PairChoice(name=labels.name, image=snapshot_image(image), label=snapshot_labels(labels),
+                          image_source=image_source(image), scale=tuple(float(s) for s in image.scale),
+                          translate=tuple(float(t) for t in image.translate))
+
+    # --- running ---------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.job is not None and self.job.running
+
+    def start_training(self) -> bool:
+        """Train a new run from the annotations as they are now; False (and a notification) if the
+        choices cannot work."""
+        if self.running or self.session.busy:
+            show_warning(f"the {self.session.busy or JOB_NAME} job is still running; wait for it or stop it")
+            return False
+        try:
+            choices = self.collect_choices()
+            check_choices(choices, int(self.session.config.model.in_channels))
+            cfg = build_config(self.session.config, choices)
+        except Exception as error:
+            notify_error(error, "Train")
+            return False
+        self._preview_source = self._first_image_layer()
+        self._track_view()
+        preview_every = choices.preview_every if self._preview_source is not None else 0
+        target = self.preview_target
+
+        def work(report: Any, stop_event: Any) -> Any:
+            lower_thread_priority()
+            prepared = prepare_run(choices, cfg)
+            for text in prepared.warnings:
+                report(Notice(text))
+            return prepared, run_training(prepared, report, stop_event, preview_every=preview_every,
+                                          preview_target=target)
+
+        self.loss_plot.clear()
+        self._finished = None
+        self._launch(work, int(choices.steps), first_step=0, preview_every=preview_every)
+        return True
+
+    def continue_training(self) -> bool:
+        """Resume the last run from its last checkpoint for ``steps`` more steps."""
+        finished = self._finished
+        if self.running or self.session.busy or finished is None:
+            return False
+        if not finished.last_checkpoint.is_file():
+            notify_error(UserError(f"the last checkpoint {finished.last_checkpoint} is gone; press Train "
+                                   "to start a new run"), "Continue")
+            return False
+        prepared = finished.prepared
+        prepared.cfg = continue_config(prepared.cfg, finished.global_step, int(self.steps.value))
+        self._preview_source = self._layer(finished.preview_layer or "") if finished.preview_every else None
+        self._track_view()
+        target = self.preview_target
+
+        def work(report: Any, stop_event: Any) -> Any:
+            lower_thread_priority()
+            return prepared, run_training(prepared, report, stop_event, resume=finished.last_checkpoint,
+                                          first_step=finished.global_step, preview_every=finished.preview_every,
+                                          preview_target=target)
+
+        self._launch(work, int(self.steps.value), first_step=finished.global_step,
+                     preview_every=finished.preview_every)
+        return True
+
+    def stop_training(self) -> None:
+        """Stop after the step in flight (the trainer saves last.ckpt); Continue resumes from it."""
+        if self.running and self.job is not None:
+            self._stopping = True
+            self.job.stop()
+            self.status.setText("Stopping after the step in flight…")
+            self._update_buttons()
+
+    def _launch(self, work: Any, steps: int, first_step: int, preview_every: int) -> None:
+        from napari.utils import progress
+
+        self._stopping = False
+        self._progress_first_step = first_step
+        self.progress_bar = progress(total=steps, desc="Training")
+        self._launched_preview_every = preview_every
+        self.job = BackgroundJob(work, on_events=self._on_events, on_done=self._on_done, on_error=self._on_error,
+                                 name="connectomics-train")
+        self._running_job[0] = self.job
+        self.session.busy = JOB_NAME
+        self._hold_switch_interval()
+        self.status.setText("Preparing the annotations…")
+        self.job.start()
+        self._update_buttons()
+
+    # --- events from the training thread (GUI thread) -------------------------------------------
+    def _on_events(self, events: list[Any]) -> None:
+        latest_preview: PreviewUpdate | None = None
+        latest: Progress | None = None
+        for event in events:
+            if isinstance(event, Progress):
+                self._on_progress(event)
+                latest = event if event.stage in ("train", "validate") else latest
+            elif isinstance(event, PreviewUpdate):
+                latest_preview = event
+            elif isinstance(event, Notice):
+                show_warning(event.text)
+            elif isinstance(event, RunStarted):
+                self.run_dir = event.run_dir
+                self.status.setText(f"Training in {event.run_dir}")
+        if latest is not None and self.progress_bar is not None:
+            done = max(0, latest.done - self._progress_first_step)
+            if done > self.progress_bar.n:
+                self.progress_bar.update(done - self.progress_bar.n)
+            loss = latest.metrics.get("train/loss")
+            text = steps_label(latest.done, latest.total)
+            if not self._stopping:
+                self.status.setText(text + (f", loss {loss:.4f}" if loss is not None else ""))
+        if latest_preview is not None:
+            self._show_preview(latest_preview)
+
+    def _on_progress(self, event: Progress) -> None:
+        if event.stage == "train" and "train/loss" in event.metrics:
+            self.loss_plot.add_point("train", event.done, event.metrics["train/loss"])
+        elif event.stage == "validate" and "val/loss" in event.metrics:
+            self.loss_plot.add_point("val", event.done, event.metrics["val/loss"])
+
+    def _show_preview(self, update: PreviewUpdate) -> None:
+        """Put the prediction into '<image> preview' (same scale as the image, placed at the predicted
+        region), without taking the active layer away from the one being painted."""
+        source = self._preview_source
+        if source is None or source.name not in self.viewer.layers:
+            return
+        name = source.name + PREVIEW_SUFFIX
+        scale = np.asarray(source.scale, dtype=float)
+        offset = np.asarray(update.offset, dtype=float)[-source.ndim:]
+        data = update.data if source.ndim >= 3 else update.data[0]
+        translate = np.asarray(source.translate, dtype=float) + offset * scale
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            if not np.allclose(layer.translate, translate):  # each assignment re-slices the layer
+                layer.translate = translate
+            layer.data = data
+            return
+        active = self.viewer.layers.selection.active
+        selected = set(self.viewer.layers.selection)
+        self.viewer.add_image(data, name=name, scale=scale, translate=translate, colormap="magenta",
+                              blending="additive", contrast_limits=(0, 255), opacity=0.6,
+                              metadata={PREVIEW_MARK: "training preview"})
+        self.viewer.layers.selection.update(selected) if selected else None
+        self.viewer.layers.selection.active = active
+
+    def _on_done(self, outcome: Any) -> None:
+        prepared, result = outcome
+        self._finish_progress()
+        self.last_result = result
+        self.run_dir = Path(result.run_dir)
+        checkpoint = result.best_checkpoint or result.last_checkpoint
+        self.session.run_dir = str(result.run_dir)
+        if checkpoint is not None:
+            self.session.checkpoint = str(checkpoint)
+        if result.last_checkpoint is not None:
+            source = self._preview_source.name if self._preview_source is not None else None
+            self._finished = _FinishedRun(prepared, int(result.global_step), Path(result.last_checkpoint),
+                                          self._launched_preview_every, source)
+        how = "Stopped" if result.stopped else "Finished"
+        self.status.setText(f"{how} at step {result.global_step}. Checkpoint: {checkpoint}")
+        show_info(f"Training {how.lower()} at step {result.global_step}; run folder {result.run_dir}")
+        self._end_job()
+
+    def _on_error(self, error: BaseException) -> None:
+        self._finish_progress()
+        message = notify_error(error, "Training")
+        self.status.setText(message)
+        self._end_job()
+
+    def _hold_switch_interval(self) -> None:
+        if self._saved_switch_interval is None:
+            self._saved_switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(GUI_SWITCH_INTERVAL, self._saved_switch_interval))
+
+    def _release_switch_interval(self) -> None:
+        if self._saved_switch_interval is not None:
+            sys.setswitchinterval(self._saved_switch_interval)
+            self._saved_switch_interval = None
+
+    def _end_job(self) -> None:
+        self._release_switch_interval()
+        self._stopping = False
+        self._preview_source = None
+        if self.session.busy == JOB_NAME:
+            self.session.busy = ""
+        self._update_buttons()
+
+    def _finish_progress(self) -> None:
+        if self.progress_bar is not None:
+            self.progress_bar.close()
+            self.progress_bar = None
+
+    def _update_buttons(self) -> None:
+        """No double start; Stop only while running; Continue only with a finished run to resume."""
+        running = self.running
+        other_busy = bool(self.session.busy) and self.session.busy != JOB_NAME
+        self.train_button.setEnabled(not running and not other_busy)
+        self.stop_button.setEnabled(running and not self._stopping)
+        self.continue_button.setEnabled(not running and not other_busy and self._finished is not None)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the training thread has ended (tests, shutdown); events still need the GUI loop."""
+        return self.job.wait(timeout) if self.job is not None else True
+
+
+def _refill(combo: QComboBox, names: list[str], default: str | None) -> None:
+    """Replace a combo's items, keeping its current choice when it still exists."""
+    current = combo.currentText()
+    if [combo.itemText(i) for i in range(combo.count())] == names:
+        return
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItems(names)
+    choice = current if current in names else default
+    if choice is not None:
+        combo.setCurrentText(choice)
+    combo.blockSignals(False)
+    combo.currentTextChanged.emit(combo.currentText())

@@ -1,0 +1,739 @@
+"""What the Train panel asks for, without Qt: choices -> checked config, saved annotations, a run.
+
+The panel collects :class:`TrainChoices` on the GUI thread (copies of the layers' data, so the
+user can keep painting while the network trains and their layers are never touched). Cheap checks
+(:func:`check_choices`, :func:`build_config`) run there and raise one-line :class:`UserError`s.
+Everything that reads whole volumes runs in the training thread: :func:`prepare_run` summarises
+the annotation, splits off validation, writes the annotations into the run folder and points the
+config at them, so ``napari-connectomics train --config <run>/config.yaml`` repeats the run; then
+:func:`run_training` calls :func:`~napari_connectomics.training.train`.
+
+Torch, Lightning and h5py are imported inside the functions that need them, never at import time.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import validate_config
+from .notify import UserError
+
+__all__ = [
+    "ANNOTATION_MODES",
+    "DEVICES",
+    "TASKS",
+    "VALIDATION_MODES",
+    "AnnotationSummary",
+    "Notice",
+    "PairChoice",
+    "PreparedRun",
+    "PreviewTarget",
+    "PreviewUpdate",
+    "RunStarted",
+    "TrainChoices",
+    "build_config",
+    "check_annotations",
+    "check_choices",
+    "class_value",
+    "continue_config",
+    "default_class_names",
+    "held_out_split",
+    "lower_thread_priority",
+    "new_run_dir",
+    "out_channels_for",
+    "prepare_run",
+    "run_training",
+    "save_annotations",
+    "summarize_labels",
+    "torch_threads",
+]
+
+logger = logging.getLogger(__name__)
+
+ANNOTATION_MODES = ("sparse", "dense")
+TASKS = ("semantic", "instance", "binary")
+VALIDATION_MODES = ("held-out", "labels")
+DEVICES = ("auto", "cpu", "gpu")
+ANNOTATIONS_FILE = "annotations.h5"
+LEGEND_FILE = "annotations.json"
+MAX_SEMANTIC_CLASSES = 32  # more values than this in dense semantic labels are instance ids
+PREVIEW_MAX_YX = 512  # the preview predicts at most this many pixels around the view centre
+THREAD_NICENESS = 10  # how much lower than the GUI the training thread is scheduled (Linux)
+_COPY_SECTIONS = 16  # sections copied at a time when a lazy image is written into the run folder
+
+
+# --------------------------------------------------------------------------------------------
+# What the panel hands over
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PairChoice:
+    """One image with its labels: copies of layer data (numpy), lazy arrays, or file specs.
+
+    ``image_source`` is a file spec the image was read from (napari-connectomics' reader records
+    it); when it still opens with the same shape, the run folder references it instead of a copy.
+    """
+
+    name: str
+    image: Any
+    label: Any
+    image_source: str | None = None
+    scale: tuple[float, ...] = ()
+    translate: tuple[float, ...] = ()
+
+    @property
+    def from_files(self) -> bool:
+        return isinstance(self.image, (str, os.PathLike)) and isinstance(self.label, (str, os.PathLike))
+
+
+@dataclass
+class TrainChoices:
+    """Everything the Train panel decides; ``classes`` names class indices (0 = background)."""
+
+    pairs: list[PairChoice]
+    label_mode: str = "sparse"
+    task: str = "semantic"
+    classes: dict[int, str] = field(default_factory=lambda: default_class_names())
+    validation: str = "held-out"
+    val_fraction: float = 0.2
+    val_label: Any = None  # a second Labels layer's copy (or a file spec) over the first image
+    start: str = "scratch"  # or "checkpoint"
+    checkpoint: str | None = None
+    patch_size: list[int] | None = None
+    batch_size: int = 2
+    steps: int = 200
+    lr: float = 1e-3
+    device: str = "auto"
+    voxel_size: list[float] | None = None
+    output_dir: str = "runs"
+    preview_every: int = 0
+
+
+def default_class_names() -> dict[int, str]:
+    """Class 0 is background, class 1 the objects of the sample (mitochondria)."""
+    return {0: "background", 1: "mitochondria"}
+
+
+def class_value(index: int, label_mode: str) -> int:
+    """The label value a class is painted with: sparse shifts by one (0 means 'not annotated')."""
+    return index + 1 if label_mode == "sparse" else index
+
+
+# Events the training thread puts on the queue (besides :class:`~napari_connectomics.progress.Progress`).
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run_dir: Path
+    total_steps: int
+    first_step: int = 0
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A warning for the user (shown as a napari notification)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class PreviewUpdate:
+    """Foreground probability (uint8, 0..255) of the region starting at ``offset`` (z, y, x)."""
+
+    offset: tuple[int, int, int]
+    data: np.ndarray
+    step: int
+
+
+@dataclass
+class PreviewTarget:
+    """Where the user looks, in the image's data coordinates. The GUI thread writes these plain
+    attributes on every dims/camera change; the training thread only reads them."""
+
+    z: int = 0
+    y: int | None = None
+    x: int | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Checks on the GUI thread (cheap: shapes, files, config)
+# --------------------------------------------------------------------------------------------
+
+
+def _shape(value: Any, what: str) -> tuple[int, ...]:
+    if isinstance(value, (str, os.PathLike)):
+        from ..data.volumes import VolumeError, open_volume
+
+        try:
+            with open_volume(value) as volume:
+                return tuple(volume.shape)
+        except VolumeError as err:
+            raise UserError(f"{what}: {err}") from None
+    return tuple(int(n) for n in np.shape(value))
+
+
+def _dtype(value: Any) -> np.dtype:
+    if isinstance(value, (str, os.PathLike)):
+        from ..data.volumes import open_volume
+
+        with open_volume(value) as volume:
+            return volume.dtype
+    return np.dtype(getattr(value, "dtype", np.asarray(value).dtype))
+
+
+def check_choices(choices: TrainChoices, in_channels: int = 1) -> None:
+    """One-line UserError for a choice that cannot train (no layers, shapes differ, no checkpoint)."""
+    if not choices.pairs:
+        raise UserError("pick an Image layer and the Labels layer painted on it (or two files)")
+    for pair in choices.pairs:
+        if pair.image is None or (isinstance(pair.image, str) and not pair.image.strip()):
+            raise UserError(f"{pair.name}: pick an image (an Image layer or a file such as stack.h5:raw)")
+        if pair.label is None or (isinstance(pair.label, str) and not pair.label.strip()):
+            raise UserError(f"{pair.name}: pick the Labels layer you painted (or a labels file); "
+                            "add one with the 'new labels layer' button of the layer list")
+        image_shape = _shape(pair.image, f"image of {pair.name}")
+        label_shape = _shape(pair.label, f"labels of {pair.name}")
+        _check_shapes(pair.name, image_shape, label_shape, in_channels)
+        if _dtype(pair.label).kind not in "iub":
+            raise UserError(f"{pair.name}: the labels hold {_dtype(pair.label)} values; "
+                            "labels must be integers (pick a Labels layer)")
+    if choices.validation == "labels":
+        if choices.val_label is None:
+            raise UserError("validation from a Labels layer: pick that layer, or validate on a held-out part")
+        first = choices.pairs[0]
+        val_shape = _shape(choices.val_label, "validation labels")
+        _check_shapes("validation labels", _shape(first.image, "image"), val_shape, in_channels)
+    if choices.start == "checkpoint":
+        if not choices.checkpoint:
+            raise UserError("start from a checkpoint: choose the .ckpt file (or start from scratch)")
+        if not Path(choices.checkpoint).expanduser().is_file():
+            raise UserError(f"checkpoint {choices.checkpoint} does not exist; choose an existing .ckpt file")
+    if not str(choices.output_dir).strip():
+        raise UserError("choose an output folder for the run")
+    if choices.label_mode not in ANNOTATION_MODES:
+        raise UserError(f"annotation mode {choices.label_mode!r}: choose sparse or dense")
+    if choices.task not in TASKS:
+        raise UserError(f"task {choices.task!r}: choose one of {', '.join(TASKS)}")
+
+
+def _check_shapes(name: str, image: tuple[int, ...], label: tuple[int, ...], in_channels: int) -> None:
+    spatial = image[1:] if in_channels > 1 else image
+    if spatial != label:
+        raise UserError(f"{name}: the image is {_text(image)} but the labels are {_text(label)}; "
+                        "pick the Labels layer painted on this image (same shape)")
+
+
+def _text(shape: Sequence[int]) -> str:
+    return "x".join(str(n) for n in shape)
+
+
+def lower_thread_priority(increment: int = THREAD_NICENESS) -> bool:
+    """Make the calling thread yield the CPU to the GUI (Linux: a per-thread nice value).
+
+    On a machine with few cores the GUI thread (and a software OpenGL renderer) compete with the
+    training thread for CPU time; raising this thread's nice value lets the scheduler serve the
+    viewer first, at no cost to training when the viewer is idle. Threads the training thread
+    starts (torch's intra-op pool, when it creates it) inherit the value. Elsewhere this does
+    nothing (``os.setpriority`` on macOS would lower the whole process). Returns whether it did.
+    """
+    if not sys.platform.startswith("linux") or increment <= 0:
+        return False
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
+        return True
+    except (AttributeError, OSError) as err:
+        logger.debug("could not lower the training thread's priority: %s", err)
+        return False
+
+
+def torch_threads() -> int:
+    """Training threads: all cores but one, so the GUI thread always has a core."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def out_channels_for(task: str, label_mode: str, largest_value: int) -> int:
+    """Network outputs for ``task`` given the largest label value (painted or in the legend)."""
+    if task == "instance":
+        return 3
+    if task == "binary":
+        return 2
+    classes = largest_value if label_mode == "sparse" else largest_value + 1
+    return max(2, classes)
+
+
+def build_config(base: Any, choices: TrainChoices) -> Any:
+    """The run config: the session's (model section from the Model panel) plus the panel's choices.
+
+    Raises :class:`~napari_connectomics.config.ConfigError` (one line) for a value the config
+    refuses, e.g. a patch size the architecture cannot take. Data paths are filled in later by
+    :func:`prepare_run`, once the annotations are saved.
+    """
+    from ..config import as_config
+
+    cfg = copy.deepcopy(as_config(base))
+    legend_max = class_value(max(choices.classes, default=1), choices.label_mode)
+    d = cfg.data
+    d.label_mode = choices.label_mode
+    d.target = choices.task
+    d.val_fraction = float(choices.val_fraction)
+    d.num_workers = 0  # no forked loader processes inside a Qt application
+    if choices.patch_size:
+        d.patch_size = list(choices.patch_size)
+    d.batch_size = int(choices.batch_size)
+    if choices.voxel_size:
+        d.voxel_size = [float(v) for v in choices.voxel_size]
+    for key in ("train_image", "train_label", "val_image", "val_label"):
+        d[key] = None
+    cfg.model.out_channels = out_channels_for(choices.task, choices.label_mode, legend_max)
+    cfg.model.pretrained = str(Path(choices.checkpoint).expanduser().resolve()) if (
+        choices.start == "checkpoint" and choices.checkpoint) else None
+    t = cfg.training
+    t.max_steps = int(choices.steps)
+    t.output_dir = str(Path(choices.output_dir).expanduser().resolve())
+    t.val_check_interval = max(1, min(int(choices.steps), 50, max(5, int(choices.steps) // 10)))
+    t.log_every_n_steps = 1
+    cfg.optimizer.lr = float(choices.lr)
+    _set_device(cfg, choices.device)
+    cfg.system.torch_threads = torch_threads()
+    return validate_config(cfg)
+
+
+def _set_device(cfg: Any, device: str) -> None:
+    """auto: a GPU when the training thread finds one (see :func:`resolve_auto_device`)."""
+    if device not in DEVICES:
+        raise UserError(f"device {device!r}: choose auto, cpu or gpu")
+    cfg.system.accelerator = {"auto": "auto", "cpu": "cpu", "gpu": "gpu"}[device]
+    cfg.system.num_gpus = 1 if device == "gpu" else 0
+    cfg.system.devices = None
+
+
+def continue_config(cfg: Any, done_steps: int, more_steps: int) -> Any:
+    """The config of a continued run: the same run, ``more_steps`` past the last step."""
+    cfg = copy.deepcopy(cfg)
+    cfg.training.max_steps = int(done_steps) + int(more_steps)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# Annotations (training thread: these read whole volumes)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AnnotationSummary:
+    """Which label values a labels volume holds and how many voxels are annotated."""
+
+    values: list[int]
+    annotated: int
+    total: int
+
+
+def summarize_labels(label: Any, label_mode: str) -> AnnotationSummary:
+    """The values present (sorted) and the annotated voxel count (sparse: non-zero)."""
+    array = np.asarray(label)
+    values = [int(v) for v in np.unique(array)]
+    annotated = int(np.count_nonzero(array)) if label_mode == "sparse" else int(array.size)
+    return AnnotationSummary(values, annotated, int(array.size))
+
+
+def check_annotations(summary: AnnotationSummary, label_mode: str, task: str, name: str = "labels") -> list[str]:
+    """UserError when nothing can be learnt; warnings (returned) for likely mistakes."""
+    painted = [v for v in summary.values if v != 0]
+    if label_mode == "sparse" and not painted:
+        raise UserError(f"{name}: nothing is annotated (all 0). In sparse mode paint background with 1 "
+                        "and objects with 2 (use the paint buttons of the class legend)")
+    if label_mode == "dense" and not painted:
+        raise UserError(f"{name}: the labels are all 0 (background); paint objects with 1, "
+                        "or pick the sparse mode to mark only what you annotated")
+    if any(v < 0 for v in summary.values):
+        raise UserError(f"{name}: labels hold negative values; paint with 0, 1, 2, ...")
+    warnings: list[str] = []
+    if label_mode == "sparse" and painted == [1]:
+        warnings.append(f"{name}: only label 1 is painted, and 1 is background in sparse mode; paint "
+                        "objects with 2 (the 'paint' button of the mitochondria row), or the network "
+                        "learns that everything is background")
+    if label_mode == "sparse" and 1 not in painted:
+        warnings.append(f"{name}: no background (label 1) is painted; the network learns objects only, "
+                        "paint some background with 1")
+    if task == "semantic" and label_mode == "dense" and len(painted) > MAX_SEMANTIC_CLASSES:
+        raise UserError(f"{name}: the labels hold {len(painted)} values, which look like object ids; "
+                        "pick the task 'instance' (separate objects) or 'binary' (foreground)")
+    return warnings
+
+
+def held_out_split(label: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """Sparse labels split into training and validation labels (0 = not annotated elsewhere).
+
+    The last ``fraction`` of the *annotated* sections is held out, so validation has annotation to
+    score even when only a few sections are painted; a single painted section is split by rows.
+    Returns (train labels, validation labels, description), or None when the annotation spans
+    a single row and section (too little to split).
+    """
+    array = np.asarray(label)
+    for axis in range(min(array.ndim, 2)):
+        other = tuple(a for a in range(array.ndim) if a != axis)
+        annotated = np.flatnonzero(np.any(array != 0, axis=other))
+        if annotated.size < 2:
+            continue
+        n_val = min(annotated.size - 1, max(1, round(annotated.size * fraction)))
+        first_val = int(annotated[-n_val])
+        index: list[slice] = [slice(None)] * array.ndim
+        index[axis] = slice(first_val, None)
+        train = array.copy()
+        train[tuple(index)] = 0
+        val = np.zeros_like(array)
+        val[tuple(index)] = array[tuple(index)]
+        where = ("sections" if array.ndim == 3 else "rows") if axis == 0 else "rows"
+        return train, val, f"{n_val} of {annotated.size} annotated {where} (from {first_val} on)"
+    return None
+
+
+def _hdf5_write(group: Any, name: str, data: Any, *, compress: bool) -> None:
+    """Write an array (numpy, or any lazy array) in blocks of sections so memory stays bounded."""
+    shape = tuple(int(n) for n in np.shape(data)) if not hasattr(data, "shape") else tuple(data.shape)
+    dtype = np.dtype(data.dtype)
+    options: dict[str, Any] = {"chunks": True}
+    if compress:
+        options.update(compression="gzip", compression_opts=1)
+    dataset = group.create_dataset(name, shape=shape, dtype=dtype, **options)
+    if isinstance(data, np.ndarray) or not shape:
+        dataset[...] = np.asarray(data)
+        return
+    for start in range(0, shape[0], _COPY_SECTIONS):
+        dataset[start:start + _COPY_SECTIONS] = np.asarray(data[start:start + _COPY_SECTIONS])
+
+
+def _referenced_image(pair: PairChoice) -> str | None:
+    """The image's own file spec, when it still opens with the layer's shape (no copy needed)."""
+    if not pair.image_source:
+        return None
+    from ..data.volumes import VolumeError, open_volume
+
+    try:
+        with open_volume(pair.image_source) as volume:
+            if tuple(volume.shape) == tuple(np.shape(pair.image)):
+                return volume.source
+    except (VolumeError, OSError, ValueError) as err:
+        logger.info("not referencing %s (%s): copying the image into the run folder", pair.image_source, err)
+    return None
+
+
+@dataclass
+class SavedPair:
+    """Volume specs (``file.h5:key``) of one saved pair."""
+
+    image: str
+    label: str
+    val_image: str | None = None
+    val_label: str | None = None
+
+
+def save_annotations(run_dir: Path, choices: TrainChoices, splits: Mapping[int, tuple[np.ndarray, np.ndarray]],
+                     val_label: np.ndarray | None = None) -> list[SavedPair]:
+    """Write what the run trains on into ``run_dir`` (HDF5, one file per pair) and say where.
+
+    Labels are always copied (the user keeps painting); the image is referenced when it came from
+    a file that still matches, else copied. ``splits`` maps a pair index to its held-out
+    (train, val) labels; ``val_label`` is a second Labels layer validating the first pair.
+    """
+    import h5py
+
+    saved: list[SavedPair] = []
+    for k, pair in enumerate(choices.pairs):
+        path = run_dir / (ANNOTATIONS_FILE if k == 0 else f"annotations_{k + 1}.h5")
+        reference = _referenced_image(pair)
+        with h5py.File(path, "w") as f:
+            if reference is None:
+                _hdf5_write(f, "image", pair.image, compress=False)
+            _hdf5_write(f, "label", pair.label, compress=True)
+            item = SavedPair(image=reference or f"{path}:image", label=f"{path}:label")
+            if k in splits:
+                train, val = splits[k]
+                _hdf5_write(f, "train_label", train, compress=True)
+                _hdf5_write(f, "val_label", val, compress=True)
+                item.label, item.val_image, item.val_label = f"{path}:train_label", item.image, f"{path}:val_label"
+            if k == 0 and val_label is not None:
+                _hdf5_write(f, "val_label", val_label, compress=True)
+                item.val_image, item.val_label = item.image, f"{path}:val_label"
+            f.attrs["layer"] = pair.name
+            f.attrs["label_mode"] = choices.label_mode
+            f.attrs["classes"] = json.dumps({str(k): v for k, v in choices.classes.items()})
+            if pair.scale:
+                for name in ("image", "label"):
+                    if name in f:
+                        f[name].attrs["scale"] = list(pair.scale)
+                        f[name].attrs["translate"] = list(pair.translate or [0.0] * len(pair.scale))
+        saved.append(item)
+    _write_legend(run_dir, choices, saved)
+    return saved
+
+
+def _write_legend(run_dir: Path, choices: TrainChoices, saved: list[SavedPair]) -> None:
+    legend = {
+        "label_mode": choices.label_mode,
+        "task": choices.task,
+        "classes": {str(class_value(k, choices.label_mode)): name for k, name in sorted(choices.classes.items())},
+        "pairs": [{"name": p.name, "image": s.image, "label": s.label, "val_image": s.val_image,
+                   "val_label": s.val_label} for p, s in zip(choices.pairs, saved)],
+    }
+    (run_dir / LEGEND_FILE).write_text(json.dumps(legend, indent=2))
+
+
+def new_run_dir(cfg: Any) -> Path:
+    """``<output_dir>/<name>/<timestamp>`` (a suffix when two runs start in the same second)."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.training.output_dir).expanduser().resolve() / cfg.training.name
+    run_dir = base / stamp
+    n = 1
+    while run_dir.exists():
+        run_dir = base / f"{stamp}-{n}"
+        n += 1
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+# --------------------------------------------------------------------------------------------
+# The run (training thread)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedRun:
+    """A config whose data paths point at the saved annotations, and where the run writes."""
+
+    cfg: Any
+    run_dir: Path
+    data: Any = None  # TrainingData of file specs when several pairs are trained on
+    warnings: list[str] = field(default_factory=list)
+    preview_image: Any = None
+
+
+def prepare_run(choices: TrainChoices, cfg: Any) -> PreparedRun:
+    """Check the annotation, split validation, save the annotations, fill the config's paths.
+
+    Runs in the training thread (it reads whole volumes). Nothing is written before the checks
+    pass; a failure later removes the half-made run folder.
+    """
+    warnings: list[str] = []
+    cfg = copy.deepcopy(cfg)
+    legend_largest = class_value(max(choices.classes, default=1), choices.label_mode)
+    largest = legend_largest
+    labels = [pair.label if pair.from_files else np.asarray(pair.label) for pair in choices.pairs]
+    for pair, label in zip(choices.pairs, labels):
+        if pair.from_files:
+            continue
+        summary = summarize_labels(label, choices.label_mode)
+        warnings += check_annotations(summary, choices.label_mode, choices.task, pair.name)
+        largest = max(largest, max(summary.values))
+    if choices.task == "semantic":
+        cfg.model.out_channels = out_channels_for("semantic", choices.label_mode, largest)
+        if largest > legend_largest:
+            warnings.append(f"the labels hold values up to {largest} but the class legend ends at "
+                            f"{legend_largest}: training {cfg.model.out_channels} classes (if the values are "
+                            "object ids, pick the task 'instance' or 'binary')")
+    _finetune_model(cfg)
+    _resolve_auto_device(cfg)
+
+    splits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    val_label = None
+    if choices.validation == "labels":
+        val_label = choices.val_label if isinstance(choices.val_label, (str, os.PathLike)) else np.asarray(
+            choices.val_label)
+        if not isinstance(val_label, np.ndarray):
+            val_label = None  # a file: referenced as is below
+    elif choices.label_mode == "sparse" and not any(pair.from_files for pair in choices.pairs):
+        # Files (and dense labels) are split by the data module: the last z-range is held out.
+        for k, (pair, label) in enumerate(zip(choices.pairs, labels)):
+            split = held_out_split(label, choices.val_fraction)
+            if split is None:
+                warnings.append(f"{pair.name}: the annotation is too small to hold part of it out; "
+                                "validating on the training annotation")
+                splits[k] = (label, label)
+            else:
+                splits[k] = split[:2]
+                logger.info("%s: validating on %s", pair.name, split[2])
+
+    run_dir = new_run_dir(cfg)
+    try:
+        layer_pairs = [k for k, p in enumerate(choices.pairs) if not p.from_files]
+        saved_layers = save_annotations(
+            run_dir, _only(choices, layer_pairs), {layer_pairs.index(k): s for k, s in splits.items()},
+            val_label) if layer_pairs else []
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    specs: list[SavedPair] = []
+    for k, pair in enumerate(choices.pairs):
+        specs.append(saved_layers[layer_pairs.index(k)] if k in layer_pairs
+                     else SavedPair(str(pair.image), str(pair.label)))
+    if choices.validation == "labels" and isinstance(choices.val_label, (str, os.PathLike)):
+        specs[0].val_image, specs[0].val_label = specs[0].image, str(choices.val_label)
+    elif val_label is not None and not layer_pairs:  # files trained on, a Labels layer validates
+        specs[0].val_image, specs[0].val_label = specs[0].image, _save_validation_labels(run_dir, val_label)
+    data = _point_config(cfg, specs, warnings)
+    first = choices.pairs[0]
+    preview = None if first.from_files else first.image
+    return PreparedRun(cfg=cfg, run_dir=run_dir, data=data, warnings=warnings, preview_image=preview)
+
+
+def _save_validation_labels(run_dir: Path, val_label: np.ndarray) -> str:
+    import h5py
+
+    path = run_dir / ANNOTATIONS_FILE
+    with h5py.File(path, "w") as f:
+        _hdf5_write(f, "val_label", val_label, compress=True)
+    return f"{path}:val_label"
+
+
+def _only(choices: TrainChoices, indices: Sequence[int]) -> TrainChoices:
+    subset = copy.copy(choices)
+    subset.pairs = [choices.pairs[k] for k in indices]
+    return subset
+
+
+def _point_config(cfg: Any, specs: list[SavedPair], warnings: list[str]) -> Any:
+    """Data paths of the first pair go into the config; several pairs also travel as TrainingData."""
+    d = cfg.data
+    d.train_image, d.train_label = specs[0].image, specs[0].label
+    d.val_image, d.val_label = specs[0].val_image, specs[0].val_label
+    validate_config(cfg)
+    if len(specs) == 1:
+        return None
+    from ..training import TrainingData
+
+    warnings.append(f"{len(specs)} image/label pairs: config.yaml names the first one only "
+                    "(data.train_image takes one volume); all are saved in the run folder")
+    train = [(s.image, s.label) for s in specs]
+    val = [(s.val_image, s.val_label) for s in specs if s.val_image]
+    return TrainingData(train=train, val=val)
+
+
+def _finetune_model(cfg: Any) -> None:
+    """Fine-tuning starts from the checkpoint's own network: take its model section."""
+    if not cfg.model.pretrained:
+        return
+    from ..training.checkpoint import config_from_checkpoint, load_checkpoint
+
+    source = config_from_checkpoint(load_checkpoint(cfg.model.pretrained), cfg.model.pretrained)
+    wanted = int(cfg.model.out_channels)
+    if int(source.model.out_channels) != wanted:
+        raise UserError(f"the checkpoint predicts {source.model.out_channels} classes but this annotation "
+                        f"needs {wanted} ({cfg.data.target}); train from scratch, or match the task and classes")
+    pretrained = cfg.model.pretrained
+    for key, value in source.model.items():
+        cfg.model[key] = copy.deepcopy(value)
+    cfg.model.pretrained = pretrained
+
+
+def _resolve_auto_device(cfg: Any) -> None:
+    """'auto' picks the GPU when torch sees one; 'gpu' without one is a clear error."""
+    import torch
+
+    has_gpu = torch.cuda.is_available()
+    if cfg.system.accelerator == "gpu" and not has_gpu:
+        raise UserError("device GPU: torch sees no CUDA GPU on this machine; pick auto or CPU")
+    if cfg.system.accelerator == "auto":
+        cfg.system.num_gpus = 1 if has_gpu else 0
+
+
+def run_training(prepared: PreparedRun, report: Callable[[Any], None], stop_event: threading.Event,
+                 *, resume: str | os.PathLike | None = None, first_step: int = 0, preview_every: int = 0,
+                 preview_target: PreviewTarget | None = None) -> Any:
+    """Train (or continue) the prepared run; progress and previews go to ``report``."""
+    from ..training import train
+
+    callbacks: list[Any] = [report]
+    if preview_every > 0 and prepared.preview_image is not None and preview_target is not None:
+        callbacks.append(make_preview_callback(prepared.preview_image, prepared.cfg, preview_every,
+                                               preview_target, report))
+    report(RunStarted(prepared.run_dir, int(prepared.cfg.training.max_steps), first_step))
+    return train(prepared.cfg, data=prepared.data, callbacks=callbacks, stop_event=stop_event, resume=resume,
+                 run_dir=prepared.run_dir)
+
+
+# --------------------------------------------------------------------------------------------
+# Live preview (a Lightning callback in the training thread)
+# --------------------------------------------------------------------------------------------
+
+
+def preview_region(shape: Sequence[int], target: PreviewTarget, window_z: int,
+                   max_yx: int = PREVIEW_MAX_YX) -> tuple[slice, slice, slice]:
+    """z-y-x region to predict: ``window_z`` sections around the viewed one, and at most
+    ``max_yx`` pixels in y and x around the view centre (the whole plane when it is smaller)."""
+    z_size, y_size, x_size = (1, *shape)[-3:] if len(shape) == 2 else tuple(shape[-3:])
+    z = min(max(int(target.z), 0), z_size - 1)
+    z0 = min(max(0, z - window_z // 2), max(0, z_size - window_z))
+    boxes = [slice(z0, min(z_size, z0 + window_z))]
+    for centre, size in ((target.y, y_size), (target.x, x_size)):
+        centre = size // 2 if centre is None else min(max(int(centre), 0), size - 1)
+        width = min(size, max_yx)
+        start = min(max(0, centre - width // 2), size - width)
+        boxes.append(slice(start, start + width))
+    return tuple(boxes)  # type: ignore[return-value]
+
+
+def make_preview_callback(image: Any, cfg: Any, every: int, target: PreviewTarget,
+                          report: Callable[[Any], None]) -> Any:
+    """A Lightning callback: every ``every`` steps, the model's foreground probability for the
+    sections around the viewed one goes to ``report`` as a :class:`PreviewUpdate`.
+
+    The model runs in eval mode without gradients and goes back to train mode (the predictor's
+    context restores the mode and device). A failing preview is logged and switched off; it never
+    stops the training.
+    """
+    import lightning as L
+
+    from ..inference.predict import PredictOptions, predict
+
+    spatial_dims = int(cfg.model.spatial_dims)
+    window_z = 1 if spatial_dims == 2 else int(cfg.data.patch_size[0])
+
+    class LivePreview(L.Callback):
+        def __init__(self) -> None:
+            self.failed = False
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            step = int(trainer.global_step)
+            if self.failed or step == 0 or step % every:
+                return
+            try:
+                report(self._predict(pl_module, step))
+            except Exception as err:  # a preview must never end a training run
+                self.failed = True
+                logger.exception("live preview failed; switched off for this run")
+                report(Notice(f"live preview switched off: {type(err).__name__}: {err}".splitlines()[0]))
+
+        def _predict(self, pl_module: Any, step: int) -> PreviewUpdate:
+            region = preview_region(np.shape(image), target, window_z)
+            device = "cpu" if pl_module.device.type == "cpu" else "auto"
+            options = PredictOptions(roi=region, device=device, overlap=0.25, batch_size=1,
+                                     output_dtype="float32")
+            result = predict(pl_module.model, image, options, cfg=cfg)
+            probabilities = np.asarray(result.probabilities, dtype=np.float32)
+            foreground = probabilities[0] if probabilities.shape[0] == 1 else 1.0 - probabilities[0]
+            data = np.clip(np.rint(foreground * 255), 0, 255).astype(np.uint8)
+            offset = tuple(int(s.start) for s in region)
+            return PreviewUpdate(offset=offset, data=data, step=step)  # type: ignore[arg-type]
+
+    return LivePreview()
+
+
+def steps_label(done: int, total: int | None) -> str:
+    """'step 12 / 200' for status lines."""
+    return f"step {done} / {total}" if total else f"step {done}"
