@@ -17,7 +17,7 @@ from qtpy.QtWidgets import QSizePolicy, QWidget
 __all__ = ["LossPlot"]
 
 SERIES_COLOURS = {"train": QColor(90, 160, 255), "val": QColor(255, 150, 60)}
-_MARGIN_LEFT, _MARGIN_RIGHT, _MARGIN_TOP, _MARGIN_BOTTOM = 46, 10, 18, 22
+_MARGIN_LEFT, _MARGIN_RIGHT, _MARGIN_TOP, _MARGIN_BOTTOM = 58, 10, 18, 22
 
 
 class LossPlot(QWidget):
