@@ -93,3 +93,60 @@ def test_demo_gui_opens_the_result_with_the_dock_widget(make_napari_viewer, tmp_
     assert viewer.layers["EM (held out) probabilities"].data.shape == test_image.shape
     assert any("Connectomics" in name for name in viewer.window.dock_widgets)
     assert session_for(viewer).checkpoint == str(checkpoint)
+
+
+def test_paint_train_stop_continue_then_segment_with_that_checkpoint(make_napari_viewer, qtbot, tmp_path):
+    """The whole workflow of the definition of done, in one viewer and one dock widget."""
+    from pathlib import Path
+
+    from napari_connectomics.config import load_config
+    from napari_connectomics.widgets.session import session_for
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "synthetic_em")
+    image = viewer.layers["synthetic EM"]
+    truth = viewer.layers["mitochondria (ground truth)"].data
+    sparse = np.zeros(truth.shape, np.uint8)
+    for z in (6, 12, 18):
+        sparse[z] = np.where(truth[z] > 0, 2, 1)  # painted sections: mitochondria 2, background 1
+    painted = viewer.add_labels(sparse, name="painted", scale=image.scale)
+    before = (np.asarray(image.data).copy(), sparse.copy())
+    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "Connectomics")
+    session = session_for(viewer)
+    session.config = load_config(overrides=["model.architecture=monai_basic_unet3d",
+                                             "model.filters=[4,4,8,16,32,4]", "training.val_patches=2"])
+
+    train = dock.train_panel
+    train.pair_rows[0].image_combo.setCurrentText(image.name)
+    train.pair_rows[0].labels_combo.setCurrentText(painted.name)
+    train.patch_size.value = "16, 32, 32"
+    train.batch_size.value = 1
+    train.steps.value = 400
+    train.preview_every.value = 0
+    train.output_dir.value = str(tmp_path / "runs")
+    train.train_button.click()
+    assert not train.train_button.isEnabled() and train.stop_button.isEnabled()
+    qtbot.waitUntil(lambda: len(train.loss_plot.points("train")) >= 2, timeout=240_000)
+    train.stop_button.click()
+    qtbot.waitUntil(lambda: not train.running, timeout=240_000)
+    stopped_at = train.last_result.global_step
+    assert train.last_result.stopped and stopped_at < 400
+    checkpoint = Path(session.checkpoint)
+    assert checkpoint.is_file() and checkpoint.suffix == ".ckpt"
+
+    train.steps.value = 2
+    train.continue_button.click()
+    qtbot.waitUntil(lambda: not train.running, timeout=240_000)
+    assert train.last_result.global_step == stopped_at + 2
+
+    segment = dock.segment_panel
+    assert Path(segment.checkpoint_edit.value) == Path(session.checkpoint)  # offered the newest run
+    segment.predict_form.overlap.value = 0.0
+    segment.segment_button.native.click()
+    qtbot.waitUntil(lambda: not segment.running and segment.labels_result is not None, timeout=240_000)
+    probabilities = viewer.layers["synthetic EM probabilities"]
+    labels = viewer.layers["synthetic EM segmentation"]
+    assert probabilities.data.shape == labels.data.shape == image.data.shape
+    assert np.issubdtype(labels.data.dtype, np.integer)
+    assert tuple(labels.scale) == tuple(probabilities.scale) == tuple(image.scale)
+    assert np.array_equal(np.asarray(image.data), before[0]) and np.array_equal(painted.data, before[1])
