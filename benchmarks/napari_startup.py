@@ -50,6 +50,10 @@ def run_once(enabled: bool, open_dock: bool = False) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _seconds(runs: list[dict]) -> str:
+    return ", ".join(f"{run['seconds']:.2f}" for run in runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
@@ -65,8 +69,8 @@ def main() -> None:
 
     on = statistics.median(r["seconds"] for r in with_plugin)
     off = statistics.median(r["seconds"] for r in without_plugin)
-    print(f"viewer start-up, plugin enabled : median {on:.2f} s  ({', '.join(f'{r['seconds']:.2f}' for r in with_plugin)})")
-    print(f"viewer start-up, plugin disabled: median {off:.2f} s  ({', '.join(f'{r['seconds']:.2f}' for r in without_plugin)})")
+    print(f"viewer start-up, plugin enabled : median {on:.2f} s  ({_seconds(with_plugin)})")
+    print(f"viewer start-up, plugin disabled: median {off:.2f} s  ({_seconds(without_plugin)})")
     print(f"added by the plugin: {on - off:+.3f} s ({(on / off - 1) * 100:+.1f} %)")
     print(f"plugin modules imported at start-up: {with_plugin[0]['ours'] or 'none'}; "
           f"torch/MONAI/Lightning imported: {with_plugin[0]['heavy'] or 'none'}")
