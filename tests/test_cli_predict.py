@@ -91,3 +91,77 @@ def test_demo_end_to_end(tmp_path):
         assert (tmp_path / "demo" / name).exists(), name
     scores = json.loads((tmp_path / "demo" / "scores.json").read_text())
     assert 0.0 <= scores["iou"] <= 1.0
+
+
+# --- labels block by block --------------------------------------------------------------------
+
+
+def _stored_labels(path: Path):
+    if path.suffix == ".zarr":
+        group = zarr.open_group(str(path), mode="r")
+        return group["probabilities"][...], group["labels"][...], sorted(group.keys())
+    with h5py.File(path, "r") as file:
+        return file["probabilities"][...], file["labels"][...], sorted(file.keys())
+
+
+@pytest.mark.parametrize("name, dtype, method", [
+    ("pred.zarr", "float16", "cc"), ("pred.h5", "uint8", "cc"), ("pred.zarr", "uint8", "none")])
+def test_labels_block_by_block_equal_the_whole_volume(trained, tmp_path, monkeypatch, capsys, name,
+                                                      dtype, method):
+    """`--instances cc` / `--threshold` on an output on disk label it block by block inside the store;
+    the result equals whole-volume post-processing of the same probabilities up to renumbering."""
+    from napari_connectomics import cli
+    from napari_connectomics.inference.postprocess import postprocess, same_partition
+
+    folder, checkpoint = trained
+    monkeypatch.setattr(cli, "LABEL_BLOCK", (4, 40, 24))  # 4 x 3 x 4 blocks on a 16 x 96 x 96 volume
+    out = tmp_path / name
+    common = ["-q", "predict", "--checkpoint", str(checkpoint), "--input", f"{folder / 'em.h5'}:raw", "--output",
+              str(out), "--output-dtype", dtype]
+    assert cli.main(common) == 0
+    if out.suffix == ".zarr":
+        stored = zarr.open_array(str(out), path="probabilities", mode="r")[...]
+    else:
+        with h5py.File(out, "r") as file:
+            stored = file["probabilities"][...]
+    scale = 255.0 if dtype == "uint8" else 1.0
+    probabilities = stored.astype(np.float32) / np.float32(scale)
+    threshold = float(np.quantile(probabilities[1], 0.6))  # a mask of many pieces, whatever the weights
+    instances = ["--instances", method] if method != "none" else []
+    assert cli.main([*common, "--overwrite", "--threshold", f"{threshold}", "--min-size", "3", *instances]) == 0
+    assert "labels" in capsys.readouterr().out
+    _, labels, names = _stored_labels(out)
+    assert names == ["labels", "probabilities"]  # nothing temporary left in the store
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    expected = postprocess(np.asarray(stored, np.float32) / np.float32(scale), method, threshold=threshold,
+                           min_size=3)
+    assert labels.dtype == np.uint16 and labels.shape == (16, 96, 96)
+    if method == "none":
+        assert np.array_equal(labels, expected)
+    else:
+        assert expected.max() > 5
+        assert same_partition(labels, expected)
+
+
+def test_watershed_too_large_is_refused_before_predicting(trained, tmp_path):
+    folder, checkpoint = trained
+    with h5py.File(tmp_path / "big.h5", "w") as file:  # never written: takes no disk space
+        file.create_dataset("raw", shape=(512, 1024, 1024), dtype=np.uint8, chunks=(16, 256, 256))
+    out = tmp_path / "pred.zarr"
+    result = run("predict", "--checkpoint", str(checkpoint), "--input", f"{tmp_path / 'big.h5'}:raw",
+                 "--output", str(out), "--instances", "watershed")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "watershed" in result.stderr and "--instances cc" in result.stderr and "--roi" in result.stderr
+    assert not out.exists()
+
+
+def test_watershed_on_a_small_output(trained, tmp_path, capsys):
+    from napari_connectomics import cli
+
+    folder, checkpoint = trained
+    out = tmp_path / "pred.h5"
+    assert cli.main(["-q", "predict", "--checkpoint", str(checkpoint), "--input", f"{folder / 'em.h5'}:raw",
+                     "--output", str(out), "--instances", "watershed"]) == 0
+    _, labels, names = _stored_labels(out)
+    assert names == ["labels", "probabilities"] and labels.dtype in (np.uint16, np.uint32)

@@ -20,12 +20,14 @@ from napari_connectomics.inference.postprocess import (
     label_blockwise,
     list_postprocessors,
     postprocess,
+    postprocess_blockwise,
     register_postprocessor,
     relabel_consecutive,
     remove_small,
     same_partition,
     smallest_label_dtype,
     threshold,
+    watershed_bytes,
     watershed_instances,
 )
 from napari_connectomics.progress import Progress
@@ -399,3 +401,142 @@ def test_label_blockwise_checks_its_arguments(tmp_path):
     empty = np.ones((8, 8), np.uint32)
     assert label_blockwise(mask, empty, block_size=(4, 4)) == 0
     assert not empty.any()
+
+
+# --------------------------------------------------------------------------------------------------
+# Class maps, final arrays, and stored probabilities block by block
+# --------------------------------------------------------------------------------------------------
+def _class_map(shape: tuple[int, int, int]) -> np.ndarray:
+    """Two classes of blobs that touch each other (class 2 carved out of class-1 blobs)."""
+    classes = _random_blobs(shape, seed=3).astype(np.uint8)
+    classes[_random_blobs(shape, seed=4)] = 2
+    return classes
+
+
+def test_label_blockwise_class_map_labels_classes_apart(tmp_path):
+    classes = _class_map(BLOCKWISE_SHAPE)
+    expected = connected_components(classes)
+    merged = connected_components(classes > 0)
+    assert expected.max() > merged.max()  # classes do touch: a plain mask would merge them
+    output = _zarr_output(tmp_path, classes.shape, BLOCK)
+    count = label_blockwise(classes, output, block_size=BLOCK, classes=True)
+    assert count == expected.max()
+    assert same_partition(output[:], expected)
+
+
+def test_label_blockwise_final_array_in_the_smallest_dtype(tmp_path, blobby):
+    expected = connected_components(blobby, min_size=10)
+    scratch = _zarr_output(tmp_path, blobby.shape, BLOCK)
+    asked, made = [], []
+
+    def final(count):
+        asked.append(count)
+        made.append(np.zeros(blobby.shape, smallest_label_dtype(count)))
+        return made[-1]
+
+    count = label_blockwise(blobby, scratch, block_size=BLOCK, min_size=10, final=final)
+    (result,) = made
+    assert asked == [count] and result.dtype == np.uint16
+    assert same_partition(result, expected)
+
+
+def _stored(tmp_path, probabilities: np.ndarray, kind: str, scale: float = 1.0):
+    data = np.rint(probabilities * 255).astype(np.uint8) if scale == 255 else probabilities
+    if kind == "zarr":
+        return zarr.open_array(str(tmp_path / "p.zarr"), mode="w", shape=data.shape,
+                               dtype=data.dtype, chunks=(1, 16, 16, 16), fill_value=0), data
+    file = h5py.File(tmp_path / "p.h5", "w")
+    return file.create_dataset("p", shape=data.shape, dtype=data.dtype, chunks=True), data
+
+
+@pytest.mark.parametrize("layout, method, kind, scale", [
+    ("binary", "cc", "zarr", 1.0), ("binary", "cc", "hdf5", 255.0), ("binary", "none", "zarr", 1.0),
+    ("instance", "cc", "zarr", 1.0), ("semantic", "cc", "zarr", 1.0),
+    ("semantic", "none", "hdf5", 255.0)])
+def test_postprocess_blockwise_equals_whole_volume(tmp_path, blobby, layout, method, kind, scale):
+    shape = BLOCKWISE_SHAPE
+    if layout == "binary":
+        foreground = ndi.gaussian_filter(blobby.astype(np.float32), 1.0)
+        probabilities = np.stack([1 - foreground, foreground])
+    elif layout == "instance":
+        probabilities = _soft_instance_probabilities(connected_components(blobby), 3)
+    else:
+        one_hot = np.stack([_class_map(shape) == c for c in range(3)]).astype(np.float32)
+        probabilities = one_hot * 0.8 + 0.2 / 3
+    probabilities = probabilities.astype(np.float32)
+    stored, data = _stored(tmp_path, probabilities, kind, scale)
+    stored[...] = data
+    whole = data.astype(np.float32) / np.float32(scale)
+    expected = postprocess(whole, method, threshold=0.5, min_size=5, channel_layout=layout)
+    outputs = []
+
+    def create(dtype):
+        outputs.append(np.zeros(shape, dtype))
+        return outputs[-1]
+
+    top = postprocess_blockwise(stored, method, create, scratch=lambda: np.zeros(shape, np.uint32),
+                                block_size=BLOCK, threshold=0.5, min_size=5, channel_layout=layout,
+                                value_scale=scale)
+    (result,) = outputs
+    assert result.dtype == np.uint16 and top == result.max() == expected.max() >= 1
+    if method == "none":
+        assert np.array_equal(result, expected)
+    else:
+        assert top > 20  # many objects, several crossing block faces
+        assert same_partition(result, expected)
+
+
+def test_postprocess_blockwise_refuses_the_watershed_and_bad_layouts():
+    probabilities = np.zeros((2, 8, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="no block-wise form"):
+        postprocess_blockwise(probabilities, "watershed", np.zeros, block_size=(4, 4, 4))
+    with pytest.raises(ValueError, match="needs 3 channels"):
+        postprocess_blockwise(probabilities, "cc", np.zeros, block_size=(4, 4, 4),
+                              channel_layout="instance")
+    with pytest.raises(ValueError, match="scratch="):
+        postprocess_blockwise(probabilities, "cc", np.zeros, block_size=(4, 4, 4))
+
+
+def test_watershed_bytes_covers_the_measured_peak():
+    assert watershed_bytes((10, 10, 10), 2) == 1000 * 64
+    assert watershed_bytes((512, 1024, 1024), 3) > 4 * 2**30
+
+
+@pytest.mark.parametrize("kind", ["zarr", "hdf5"])
+def test_labels_writer_commits_atomically_and_aborts_cleanly(tmp_path, kind):
+    from napari_connectomics.inference.stores import LabelsWriter, open_output
+
+    path = tmp_path / ("pred.zarr" if kind == "zarr" else "pred.h5")
+    writer = open_output(path, (2, 4, 8, 8), "float16")
+    writer.write((slice(0, 4), slice(0, 8), slice(0, 8)), np.full((2, 4, 8, 8), 0.75, np.float32))
+    writer.commit()
+
+    def names():
+        if kind == "zarr":
+            return sorted(zarr.open_group(str(path), mode="r").keys())
+        with h5py.File(path, "r") as file:
+            return sorted(file.keys())
+
+    with pytest.raises(RuntimeError, match="boom"), LabelsWriter(path) as labels:
+        assert float(labels.read("probabilities")[1, 0, 0, 0]) == 0.75
+        labels.create((4, 8, 8), np.uint32, final=False)
+        labels.create((4, 8, 8), np.uint16)[...] = 3
+        raise RuntimeError("boom")
+    assert names() == ["probabilities"]
+    with LabelsWriter(path) as labels:
+        labels.create((4, 8, 8), np.uint32, final=False)
+        labels.create((4, 8, 8), np.uint16)[...] = 3
+        labels.commit()
+    assert names() == ["labels", "probabilities"]
+    with pytest.raises(ValueError, match="already holds 'labels'"):
+        LabelsWriter(path)
+    with LabelsWriter(path, overwrite=True) as labels:
+        labels.create((4, 8, 8), np.uint16)[...] = 5
+        labels.commit()
+    assert names() == ["labels", "probabilities"]
+    if kind == "zarr":
+        assert int(zarr.open_array(str(path), path="labels", mode="r")[0, 0, 0]) == 5
+    else:
+        with h5py.File(path, "r") as file:
+            assert int(file["labels"][0, 0, 0]) == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]

@@ -595,3 +595,249 @@ def test_output_that_is_the_input_is_refused(bad_input_setup):
     with pytest.raises(ValueError, match="is the input file"):
         predict(checkpoint, f"{raw}:raw", output=f"{raw}:pred", overwrite=True)
     assert tree_digest(raw) == before
+
+
+# --------------------------------------------------------------------------------------------
+# Writing while predicting: finished pieces, the write-behind thread, storage conversion
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+@pytest.mark.parametrize("shape, window, overlap, slabs, cuts", [
+    ((24, 80, 80), (8, 32, 32), 0.25, [(0, 24)], ((8, 16), (32, 64))),      # one slab, cut
+    ((24, 80, 80), (8, 32, 32), 0.5, [(0, 10), (10, 24)], ((16,), (40,))),  # two slabs
+    ((40, 70, 50), (8, 32, 32), 0.25, [(0, 40)], ((), ())),                  # no cuts
+])
+def test_stitch_regions_yields_each_piece_once_when_final(shape, window, overlap, slabs, cuts,
+                                                          prefetch):
+    """Pieces tile the volume once, equal the overlap-add of the whole grid, and no window
+    predicted after a piece was handed out touches it (so writing it early is safe)."""
+    from napari_connectomics.inference.windows import stitch_block, stitch_regions
+
+    grid = make_grid(shape, window, overlap)
+    data = np.random.default_rng(0).random(shape, dtype=np.float32)
+    weight = torch.rand(2, 1, 1, 1) + 0.5  # any size-preserving "network"
+    seen: list[tuple[int, int, int]] = []
+
+    def predict_batch(windows):
+        return windows.repeat(1, 2, 1, 1, 1) * weight
+
+    def read(region):
+        return data[region][None]
+
+    importance = torch.from_numpy(np.random.default_rng(1).random(window, dtype=np.float32) + 0.1)
+    starts = iter([s for lo, hi in slabs for s in grid.windows_touching(
+        ((lo, hi), (0, grid.padded[1]), (0, grid.padded[2]))) if lo <= s[0] < hi])
+
+    def counting_batch(windows):
+        for _ in range(windows.shape[0]):
+            seen.append(next(starts))
+        return predict_batch(windows)
+
+    covered = np.zeros(shape, np.int32)
+    handed_out = []
+    for piece in stitch_regions(grid, slabs, read, counting_batch, importance, batch_size=3,
+                                cuts=cuts, prefetch=prefetch):
+        if piece.mean is None:
+            continue
+        handed_out.append((piece.box, len(seen)))
+        region = tuple(slice(lo, hi) for lo, hi in piece.box)
+        covered[region] += 1
+        whole = stitch_block(grid, piece.box, read, predict_batch, importance, batch_size=5)
+        assert torch.allclose(piece.mean, whole, atol=1e-5)
+    assert (covered == 1).all()
+    assert len(seen) == grid.n_windows
+    for box, count in handed_out:
+        for start in seen[count:]:
+            touches = all(s < hi and s + w > lo for s, w, (lo, hi) in zip(start, window, box))
+            assert not touches, f"window {start} predicted after piece {box} was handed out"
+    if cuts != ((), ()):
+        assert handed_out[0][1] < grid.n_windows  # something was final before the last window
+
+
+
+
+@pytest.fixture(params=[False, True], ids=["io-between-batches", "io-in-threads"])
+def overlap_io(request, monkeypatch):
+    """Both ways of doing I/O: between batches (all cores busy) and in background threads."""
+    from napari_connectomics.inference import predict as engine
+
+    monkeypatch.setattr(engine, "_overlap_io", lambda device: request.param)
+    return request.param
+
+
+def test_one_slab_writes_pieces_before_the_last_window(tmp_path, monkeypatch, overlap_io):
+    from napari_connectomics.inference import stores
+
+    cfg = cfg_3d()
+    inner = built(cfg, seed=2)
+    events: list[str] = []
+
+    class Recording(torch.nn.Module):
+        def forward(self, x):
+            events.append("windows")
+            return inner(x)
+
+    original = stores.OutputWriter.write
+
+    def write(self, region, probabilities, **kwargs):
+        events.append("write")
+        return original(self, region, probabilities, **kwargs)
+
+    monkeypatch.setattr(stores.OutputWriter, "write", write)
+    data = image((40, 160, 160), seed=6)  # chunks (1, 32, 128, 128): four pieces
+    options = PredictOptions(window=(8, 32, 32), block_size=(40, 160, 160), batch_size=8,
+                             device="cpu", output_dtype="float32")
+    result = predict(Recording().eval(), data, options, cfg=cfg, output=tmp_path / "pred.zarr")
+    assert result.blocks == 1
+    assert events.count("write") == 4
+    assert events.index("write") < len(events) - 1 - events[::-1].index("windows")
+    expected = reference(inner, cfg, data, (8, 32, 32), batch=8)
+    assert max_diff(result.probabilities[...], expected) <= TOLERANCE
+    assert hidden_leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("name, block_size", [("pred.zarr", (8, 80, 80)), ("pred.h5", (8, 32, 32)),
+                                              ("pred.zarr", None)])
+def test_a_failing_write_is_raised_and_leaves_nothing(tmp_path, unet3d, volume, monkeypatch,
+                                                      overlap_io, name, block_size):
+    from napari_connectomics.inference import stores
+
+    model, cfg = unet3d
+    original, calls = stores.OutputWriter.write, []
+
+    def write(self, region, probabilities, **kwargs):
+        calls.append(region)
+        if len(calls) == 2 or block_size is None:
+            raise OSError(28, "No space left on device")
+        return original(self, region, probabilities, **kwargs)
+
+    monkeypatch.setattr(stores.OutputWriter, "write", write)
+    options = PredictOptions(block_size=block_size, memory_limit_mb=1 if name == "pred.h5" else 4096)
+    with pytest.raises(OSError, match="No space left"):
+        predict(model, volume, options, cfg=cfg, output=tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cancel_in_the_middle_of_a_slab_with_pieces_written(tmp_path, monkeypatch, overlap_io):
+    from napari_connectomics.inference import stores
+
+    cfg = cfg_3d()
+    inner = built(cfg, seed=2)
+    stop = threading.Event()
+    writes = []
+
+    class StopLate(torch.nn.Module):
+        calls = 0
+
+        def forward(self, x):
+            StopLate.calls += 1
+            if writes:  # a piece is written: stop before the slab is done
+                stop.set()
+            return inner(x)
+
+    original = stores.OutputWriter.write
+
+    def write(self, region, probabilities, **kwargs):
+        writes.append(region)
+        return original(self, region, probabilities, **kwargs)
+
+    monkeypatch.setattr(stores.OutputWriter, "write", write)
+    options = PredictOptions(window=(8, 32, 32), block_size=(40, 160, 160), batch_size=8,
+                             device="cpu")
+    result = predict(StopLate().eval(), image((40, 160, 160), seed=6), options, (), stop,
+                     cfg=cfg, output=tmp_path / "pred.zarr")
+    assert result.cancelled and writes
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("dtype", ["float16", "uint8", "float32"])
+def test_storage_conversion_in_torch_matches_to_storage(dtype):
+    from napari_connectomics.inference.predict import _stored
+    from napari_connectomics.inference.stores import to_storage
+
+    values = np.random.default_rng(0).random((2, 5, 33, 17), dtype=np.float32)
+    values[0, 0, 0, :6] = [0.0, 1.0, 0.5 / 255, 1.5 / 255, 2.5 / 255, 1.0000001]  # ties, edges
+    assert np.array_equal(_stored(torch.from_numpy(values.copy()), np.dtype(dtype)),
+                          to_storage(values, dtype))
+
+
+def test_whole_input_read_once_gives_the_same_statistics(tmp_path):
+    from napari_connectomics.inference.predict import _read_once, prepare_input
+
+    data = image((40, 160, 160), seed=8)
+    zarr.open_array(str(tmp_path / "raw.zarr"), mode="w", shape=data.shape, dtype=data.dtype,
+                    chunks=(8, 64, 64))[:] = data
+    source = prepare_input(str(tmp_path / "raw.zarr"), 1)
+    held = _read_once(source, 2**30)
+    assert held.volume is not source.volume and held.volume.chunks == (8, 64, 64)
+    assert intensity_stats(held.volume, max_voxels=100_000) == intensity_stats(
+        source.volume, max_voxels=100_000)
+    assert _read_once(source, 1024).volume is source.volume  # over a quarter of the limit
+    roi = prepare_input(str(tmp_path / "raw.zarr"), 1, (slice(0, 8), slice(None), slice(None)))
+    assert _read_once(roi, 2**30).volume is roi.volume  # statistics are of the whole volume
+
+
+def test_probability_codecs(tmp_path, unet3d, volume):
+    model, cfg = unet3d
+    for dtype, cname in (("float16", "lz4"), ("uint8", "zstd")):
+        result = predict(model, volume, PredictOptions(output_dtype=dtype), cfg=cfg,
+                         output=tmp_path / f"{dtype}.zarr")
+        (codec,) = result.probabilities.compressors
+        assert type(codec).__name__ == "BloscCodec" and codec.cname.value == cname
+
+
+def test_write_behind_keeps_at_most_depth_regions_waiting():
+    from napari_connectomics.inference.predict import _WriteBehind
+
+    release, written = threading.Event(), []
+
+    def slow_write(region, data):
+        release.wait(5)
+        written.append(region)
+
+    behind = _WriteBehind(slow_write, depth=2)
+    for i in range(3):  # one being written, two waiting
+        behind.put((slice(i, i + 1),), np.zeros(1))
+    blocked = threading.Thread(target=behind.put, args=((slice(3, 4),), np.zeros(1)))
+    blocked.start()
+    blocked.join(0.3)
+    assert blocked.is_alive()  # the queue is full: the producer waits, memory stays bounded
+    release.set()
+    blocked.join(5)
+    behind.close()
+    assert [r[0].start for r in written] == [0, 1, 2, 3]
+
+
+def test_io_overlaps_only_with_a_free_core_or_an_accelerator(monkeypatch):
+    from napari_connectomics.inference.predict import _overlap_io
+
+    assert _overlap_io(torch.device("cuda"))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert _overlap_io(torch.device("cpu"))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert not _overlap_io(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32", "float64", "float16"])
+@pytest.mark.parametrize("mode", ["percentile", "minmax", "zscore", "none"])
+def test_fused_normalisation_equals_normalize_intensity(dtype, mode):
+    from napari_connectomics.inference.predict import _normalized
+
+    rng = np.random.default_rng(3)
+    data = (rng.random((6, 40, 30)) * 200 - (50 if dtype[0] in "if" and dtype != "uint8" else 0))
+    data = data.astype(dtype)
+    stats = intensity_stats(data, max_voxels=1000)
+    expected = normalize_intensity(data, mode, stats)
+    result = _normalized(data.copy(), mode, stats)
+    assert result.dtype == np.float32
+    assert np.array_equal(result, expected)
+
+
+def test_slab_memory_counts_the_read_ahead_only_when_it_runs():
+    from napari_connectomics.inference.windows import slab_bytes
+
+    grid = make_grid((96, 512, 512), (32, 128, 128), 0.25)
+    assert slab_bytes(grid, 32, 1, 2, 4, prefetch=False) < slab_bytes(grid, 32, 1, 2, 4)
+    assert slab_bytes(grid, 96, 1, 2, 4, prefetch=False) == slab_bytes(grid, 96, 1, 2, 4)  # one slab

@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block", type=_ints, metavar="Z,Y,X", help="block size for volumes larger than memory")
     p.add_argument("--roi", type=_roi, metavar="z0:z1,y0:y1,x0:x1", help="predict only this region")
     p.add_argument("--output-dtype", choices=("float16", "uint8", "float32"), help="stored probabilities")
-    p.add_argument("--threshold", type=float, help="also write binary labels at this probability")
-    p.add_argument("--instances", choices=("cc", "watershed"), help="also write instance labels")
+    p.add_argument("--threshold", type=float, help="also write binary labels at this probability (block by block)")
+    p.add_argument("--instances", choices=("cc", "watershed"),
+                   help="also write instance labels: cc block by block (any size), watershed on the whole volume in memory")
     p.add_argument("--min-size", type=int, default=0, help="objects smaller than this (voxels) are removed")
     p.add_argument("--scheduler", choices=("local", "dask"), default="local",
                    help="dask: blocks as tasks on a dask cluster (local 2-worker cluster without --address)")
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--architectures", action="store_true",
                    help="instead: run every registered network once on the sample (a quick install check)")
     p.add_argument("--shape", default="32,128,128", help="sample shape z,y,x for --architectures")
+    p.add_argument("--gui", action="store_true",
+                   help="then open napari with the volume, the prediction and the Connectomics dock widget")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -306,18 +309,18 @@ class _ProgressBar:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from .inference.postprocess import postprocess
     from .inference.predict import PredictOptions, predict, prepare_input
-    from .inference.stores import write_labels
+    from .inference.stores import parse_output
     from .training.checkpoint import config_from_checkpoint, load_checkpoint
 
     cfg = config_from_checkpoint(load_checkpoint(args.checkpoint), source=repr(args.checkpoint))
     options = PredictOptions.from_config(
         cfg, window=args.window, overlap=args.overlap, batch_size=args.batch, tta=args.tta, device=args.device,
         block_size=args.block, roi=args.roi, output_dtype=args.output_dtype)
-    prepare_input(args.input, int(cfg.model.in_channels), args.roi)  # input errors before the model is built
+    source = prepare_input(args.input, int(cfg.model.in_channels), args.roi)  # input errors before the model is built
+    method = args.instances or ("none" if args.threshold is not None else None)
+    if method == "watershed":
+        _check_watershed_fits(source.shape, int(cfg.model.out_channels), options.memory_limit_mb)
     bar = _ProgressBar("batch")
     try:
         result = predict(args.checkpoint, args.input, options, progress=[bar], output=args.output,
@@ -327,20 +330,70 @@ def cmd_predict(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {
         "output": f"{result.output_path}:probabilities", "shape": tuple(result.probabilities.shape),
         "window": result.window, "blocks": result.blocks, "device": result.device, "seconds": f"{result.seconds:.1f}"}
-    method = args.instances or ("none" if args.threshold is not None else None)
     if method is not None:
-        probabilities = np.asarray(result.probabilities[:], dtype=np.float32)
-        if np.dtype(result.probabilities.dtype) == np.uint8:
-            probabilities /= 255.0
-        layout = {"binary": "binary", "instance": "instance", "semantic": "semantic"}[cfg.data.target]
         threshold = args.threshold if args.threshold is not None else cfg.inference.threshold
-        labels = postprocess(probabilities, method, threshold=threshold, min_size=args.min_size, channel_layout=layout)
-        write_labels(result.output_path, labels, name="labels", overwrite=True)
-        summary["labels"] = f"{result.output_path}:labels ({labels.dtype}, {int(labels.max())} max id)"
+        key = parse_output(args.output).key
+        summary["labels"] = _write_labels(result, key, cfg, method, threshold, args.min_size)
     width = max(map(len, summary))
     for key, value in summary.items():
         print(f"{key:<{width}}  {value}")
     return 0
+
+
+LABEL_BLOCK = (32, 512, 512)  # block-wise labels: a multiple of their chunks (32, 128, 128); ~0.3 GB a block
+
+
+def _check_watershed_fits(shape: Sequence[int], channels: int, memory_limit_mb: int) -> None:
+    """The watershed runs on the whole volume in memory: refuse (before predicting) when it does not fit."""
+    from .inference.postprocess import watershed_bytes
+
+    need = watershed_bytes(shape, channels)
+    if need > memory_limit_mb * 2**20:
+        size = "x".join(str(int(n)) for n in shape)
+        raise CLIError(f"--instances watershed runs on the whole volume in memory: {size} voxels need about "
+                       f"{need / 2**30:.1f} GiB, more than the {memory_limit_mb / 1024:g} GiB limit; use "
+                       "--instances cc (block by block, any size) or a smaller --roi")
+
+
+def _write_labels(result: Any, key: str, cfg: Any, method: str, threshold: float, min_size: int) -> str:
+    """Labels beside the probabilities on disk: ``none`` and ``cc`` block by block (read from the store, written
+    into it under a temporary name renamed when complete), the watershed on the whole volume (checked to fit)."""
+    import numpy as np
+
+    from .inference.postprocess import postprocess, postprocess_blockwise
+    from .inference.stores import LabelsWriter, labels_dtype
+
+    layout = {"binary": "binary", "instance": "instance", "semantic": "semantic"}[cfg.data.target]
+    stored = result.probabilities
+    shape = tuple(int(n) for n in stored.shape[1:])
+    scale = 255.0 if np.dtype(stored.dtype) == np.uint8 else 1.0
+    if hasattr(stored, "file"):  # an open HDF5 dataset: the writer opens the file for appending
+        stored.file.close()
+    with LabelsWriter(result.output_path, "labels", overwrite=True) as writer:
+        probabilities = writer.read(key)
+        if method == "watershed":
+            whole = np.asarray(probabilities[...], dtype=np.float32)
+            if scale != 1.0:
+                whole /= np.float32(scale)
+            labels = postprocess(whole, method, threshold=threshold, min_size=min_size, channel_layout=layout)
+            dtype = labels_dtype(labels)
+            writer.create(shape, dtype)[...] = labels
+            top = int(labels.max(initial=0))
+        else:
+            size = tuple(min(b, n) for b, n in zip(LABEL_BLOCK, shape))
+            logger.info("%s labels block by block (blocks of %s)", method, "x".join(map(str, size)))
+            made: list[Any] = []
+
+            def create(dtype: Any) -> Any:
+                made.append(np.dtype(dtype))
+                return writer.create(shape, dtype)
+
+            top = postprocess_blockwise(
+                probabilities, method, create, scratch=lambda: writer.create(shape, np.uint32, final=False),
+                block_size=size, threshold=threshold, min_size=min_size, channel_layout=layout, value_scale=scale)
+            dtype = made[0]
+        writer.commit()
+    return f"{result.output_path}:labels ({dtype}, {top} max id)"
 
 
 def _prediction_source(spec: str) -> Any:
@@ -397,7 +450,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(args.output, data=args.data, steps=args.steps, seed=args.seed)
     print(f"foreground IoU {result.scores['iou']:.3f}  Dice {result.scores['dice']:.3f}")
     print(f"outputs: {result.output_dir} (prediction.zarr, overlay.png, scores.json, runs/)")
+    if args.gui:
+        _show_demo(result, args)
     return 0
+
+
+def _show_demo(result: Any, args: argparse.Namespace) -> None:
+    try:
+        import napari
+    except ImportError:
+        raise CLIError("demo --gui needs napari and a Qt binding: pip install 'napari-connectomics[all]'") from None
+    from .demo_gui import open_demo_viewer
+
+    open_demo_viewer(result, data=args.data, seed=args.seed)
+    napari.run()
 
 
 if __name__ == "__main__":  # pragma: no cover

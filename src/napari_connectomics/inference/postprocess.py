@@ -8,11 +8,13 @@ Whole volumes
     int64), with consecutive ids 1..N and 0 as background.
 
 Volumes larger than memory
-    :func:`label_blockwise` labels a mask block by block and merges the labels across block
-    faces, so its result equals :func:`connected_components` of the whole mask up to renumbering
-    while it holds a block (plus per-id tables) in memory. The watershed has no block-wise form
-    here: seeds and basins need context across blocks, so it runs on whole volumes, or on large
-    blocks that the prediction pipeline reads with a halo.
+    :func:`label_blockwise` labels a mask (or a class map, class by class) block by block and
+    merges the labels across block faces, so its result equals :func:`connected_components` of
+    the whole mask up to renumbering while it holds a block (plus per-id tables) in memory.
+    :func:`postprocess_blockwise` runs ``none`` and ``cc`` that way on stored probabilities
+    (decoding the channels block by block). The watershed has no block-wise form here: seeds and
+    basins need context across blocks, so it runs on whole volumes (:func:`watershed_bytes`
+    estimates its memory), or on large blocks that the prediction pipeline reads with a halo.
 
 Choices made here:
 
@@ -57,6 +59,7 @@ from ..progress import Progress, ProgressCallback, emit
 from ..registry import NamedRegistry
 
 __all__ = [
+    "BLOCKWISE_METHODS",
     "CHANNEL_LAYOUTS",
     "POSTPROCESSORS",
     "PredictionMaps",
@@ -67,12 +70,14 @@ __all__ = [
     "label_blockwise",
     "list_postprocessors",
     "postprocess",
+    "postprocess_blockwise",
     "register_postprocessor",
     "relabel_consecutive",
     "remove_small",
     "same_partition",
     "smallest_label_dtype",
     "threshold",
+    "watershed_bytes",
     "watershed_instances",
 ]
 
@@ -417,6 +422,14 @@ def _watershed_instances(maps: PredictionMaps, *, threshold: float, min_size: in
     )
 
 
+def watershed_bytes(shape: Sequence[int], channels: int) -> int:
+    """Peak working memory of :func:`postprocess` with ``watershed`` on float32 probabilities
+    ``(channels, *shape)``: the probabilities plus about 56 bytes a voxel (distance transform in
+    float64, markers and labels in int64; 30-49 bytes measured with 2 and 3 channels)."""
+    voxels = int(np.prod([int(n) for n in shape], dtype=np.int64))
+    return voxels * (4 * int(channels) + 56)
+
+
 def postprocess(
     probabilities: np.ndarray,
     method: str,
@@ -450,15 +463,21 @@ def label_blockwise(
     min_size: int = 0,
     connectivity: int = 1,
     callbacks: Sequence[ProgressCallback] = (),
+    classes: bool = False,
+    final: Callable[[int], Any] | None = None,
 ) -> int:
     """Connected components of a mask larger than memory, written into ``output``; returns N.
 
     ``mask_source``: anything with ``.shape`` and numpy slicing (numpy, zarr, h5py, dask) that
-    holds a bool/integer mask (non-zero is foreground). ``output``: a uint32 array (zarr) of the
+    holds a bool/integer mask (non-zero is foreground); with ``classes`` an integer class map
+    whose classes are labelled separately (touching objects of different classes stay apart, as
+    :func:`connected_components` does with a class map). ``output``: a uint32 array (zarr) of the
     same shape that receives ids 1..N. Pass 1 labels each block with ids offset past the earlier
     blocks', writes them, and collects the id pairs that touch across the block's low faces; the
     pairs are merged with ``csgraph.connected_components``, objects under ``min_size`` (counted
-    after merging) dropped, the rest renumbered; pass 2 rewrites every block with its final ids.
+    after merging) dropped, the rest renumbered; pass 2 rewrites every block with its final ids,
+    into ``output`` or, when ``final`` is given, into the array ``final(N)`` returns (same shape,
+    any integer dtype that holds N, e.g. uint16; ``output`` then only holds the pass-1 ids).
     Memory: a block and its face planes plus tables over the block ids, never the volume. Align
     ``output``'s chunks with ``block_size`` to avoid rewriting partial chunks.
     """
@@ -466,10 +485,19 @@ def label_blockwise(
     block_size = _check_blockwise(shape, output, block_size, min_size, connectivity)
     blocks = _blocks(shape, block_size)
     report = _reporter(callbacks, 2 * len(blocks))
-    counts, pairs = _label_blocks(mask_source, output, blocks, connectivity, report)
+    counts, pairs, kinds = _label_blocks(mask_source, output, blocks, connectivity, report,
+                                         classes)
+    if classes:  # ids of different classes may touch; only same-class neighbours merge
+        pairs = pairs[kinds[pairs[:, 0]] == kinds[pairs[:, 1]]]
     lookup = _merge_lookup(counts, pairs, min_size)
-    _apply_lookup(output, blocks, lookup, report)
     num_objects = int(lookup.max(initial=0))
+    target = output if final is None else final(num_objects)
+    if final is not None:
+        if tuple(target.shape) != shape:
+            raise ValueError(f"final array shape {tuple(target.shape)} differs from the mask's {shape}")
+        if num_objects > np.iinfo(np.dtype(target.dtype)).max:
+            raise TypeError(f"{num_objects} objects do not fit the final array's {target.dtype}")
+    _apply_lookup(output, blocks, lookup, report, target)
     logger.info(
         "label_blockwise: %d blocks, %d block labels -> %d objects",
         len(blocks), len(counts) - 1, num_objects,
@@ -522,18 +550,30 @@ def _label_blocks(
     blocks: list[tuple[slice, ...]],
     connectivity: int,
     report: Callable[[str], None],
-) -> tuple[np.ndarray, np.ndarray]:
+    classes: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Pass 1: label every block on its own, with ids offset past the earlier blocks', and write it.
 
-    Returns the voxel count of each block id (index 0, background, counted as 0) and the distinct
-    (earlier id, block id) pairs that touch across each block's low faces.
+    Returns the voxel count of each block id (index 0, background, counted as 0), the distinct
+    (earlier id, block id) pairs that touch across each block's low faces, and with ``classes``
+    the class of each block id (else None).
     """
     counts = [np.zeros(1, dtype=np.int64)]
     pairs = [np.zeros((0, 2), dtype=np.uint32)]
+    kinds: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]
     offset = 0
     for block in blocks:
-        mask = np.asarray(mask_source[block]) != 0
-        labels, num = sk_label(mask, connectivity=connectivity, return_num=True)
+        values = np.asarray(mask_source[block])
+        if classes:
+            if values.dtype.kind not in "biu":
+                raise TypeError(f"a class map must hold integers; got {values.dtype}")
+            labels, num = sk_label(values, background=0, connectivity=connectivity,
+                                   return_num=True)
+            kind = np.zeros(num + 1, dtype=np.int64)
+            kind[labels.ravel()] = values.ravel()
+            kinds.append(kind[1:])
+        else:
+            labels, num = sk_label(values != 0, connectivity=connectivity, return_num=True)
         if offset + num > _UINT32_MAX:
             raise OverflowError("more block labels than uint32 can hold; use larger blocks")
         counts.append(np.bincount(labels.ravel(), minlength=num + 1)[1:])
@@ -544,7 +584,8 @@ def _label_blocks(
                 pairs.append(_low_face_pairs(ids, output, block, axis, connectivity))
         offset += num
         report("labelling blocks")
-    return np.concatenate(counts), np.concatenate(pairs)
+    return (np.concatenate(counts), np.concatenate(pairs),
+            np.concatenate(kinds) if classes else None)
 
 
 def _low_face_pairs(
@@ -597,9 +638,98 @@ def _merge_lookup(counts: np.ndarray, pairs: np.ndarray, min_size: int) -> np.nd
 
 
 def _apply_lookup(
-    output: Any, blocks: list[tuple[slice, ...]], lookup: np.ndarray, report: Callable[[str], None]
+    output: Any, blocks: list[tuple[slice, ...]], lookup: np.ndarray, report: Callable[[str], None],
+    target: Any = None,
 ) -> None:
-    """Pass 2: rewrite every block's ids as final ids."""
+    """Pass 2: rewrite every block's ids as final ids (into ``target`` when given)."""
+    target = output if target is None else target
+    final = lookup.astype(np.dtype(target.dtype), copy=False)
     for block in blocks:
-        output[block] = lookup[np.asarray(output[block])]
+        target[block] = final[np.asarray(output[block])]
         report("writing final ids")
+
+
+# --------------------------------------------------------------------------------------------------
+# Stored probabilities, block by block
+# --------------------------------------------------------------------------------------------------
+BLOCKWISE_METHODS = ("none", "cc")  # the watershed needs context across blocks: whole volumes only
+
+
+class _StoredMaps:
+    """The mask (or, for semantic layouts, the class map) of stored probabilities, decoded block
+    by block on demand: an array-like for :func:`label_blockwise` and block loops."""
+
+    def __init__(self, probabilities: Any, channel_layout: str, threshold: float,
+                 value_scale: float) -> None:
+        self.probabilities, self.layout = probabilities, channel_layout
+        self.threshold, self.scale = threshold, float(value_scale)
+        self.shape = tuple(int(n) for n in probabilities.shape[1:])
+        self.ndim = len(self.shape)
+        decode_channels(np.zeros((probabilities.shape[0],) + (1,) * self.ndim, np.float32),
+                        channel_layout)  # a layout that does not fit the channels fails now
+        self.semantic = channel_layout == "semantic"
+
+    def __getitem__(self, block: tuple[slice, ...]) -> np.ndarray:
+        data = np.asarray(self.probabilities[(slice(None), *block)], dtype=np.float32)
+        if self.scale != 1.0:
+            data /= np.float32(self.scale)
+        maps = decode_channels(data, self.layout)
+        if maps.classes is not None:
+            return maps.classes
+        return _above(maps.foreground, self.threshold)
+
+
+def postprocess_blockwise(
+    probabilities: Any,
+    method: str,
+    create: Callable[[np.dtype], Any],
+    *,
+    scratch: Callable[[], Any] | None = None,
+    block_size: Sequence[int],
+    threshold: float = 0.5,
+    min_size: int = 0,
+    channel_layout: str = "binary",
+    value_scale: float = 1.0,
+    callbacks: Sequence[ProgressCallback] = (),
+) -> int:
+    """:func:`postprocess` of stored probabilities ``(C, *spatial)`` larger than memory, read
+    block by block (zarr, h5py, numpy, dask: anything with numpy slicing); returns the largest id.
+
+    ``none``: the mask (uint16 0/1) or class map (semantic layout), block by block; ``cc``:
+    :func:`label_blockwise` of the same mask (class map: each class separately), equal to
+    ``postprocess(..., 'cc')`` of the whole volume up to renumbering. ``create(dtype)`` returns the
+    array (spatial shape) that receives the labels: uint16, or for ``cc`` with more than 65535
+    objects uint32 (called once the count is known); ``scratch()`` returns a uint32 array of the
+    same shape for the pass-1 ids of ``cc`` (e.g. a temporary array in the same store).
+    ``value_scale``: the stored value of probability 1 (255 for uint8 outputs). Memory: one block
+    of probabilities and its labels, never the volume.
+    """
+    _check_unit("threshold", threshold)
+    _check_min_size(min_size)
+    if method not in BLOCKWISE_METHODS:
+        known = ", ".join(BLOCKWISE_METHODS)
+        raise ValueError(f"post-processing {method!r} has no block-wise form (only {known}); "
+                         "load a region that fits in memory and use postprocess()")
+    maps = _StoredMaps(probabilities, channel_layout, threshold, value_scale)
+    shape = maps.shape
+    block_size = tuple(int(b) for b in block_size)
+    if len(block_size) != len(shape) or min(block_size, default=0) < 1:
+        raise ValueError(
+            f"block_size must be {len(shape)} positive sizes for shape {shape}; got {block_size}")
+    if method == "cc":
+        if scratch is None:
+            raise ValueError("connected components block by block need scratch=, a uint32 array "
+                             "for the ids of the first pass")
+        return label_blockwise(maps, scratch(), block_size=block_size, min_size=min_size,
+                               callbacks=callbacks, classes=maps.semantic,
+                               final=lambda n: create(smallest_label_dtype(n)))
+    blocks = _blocks(shape, block_size)
+    report = _reporter(callbacks, len(blocks))
+    output = create(np.dtype(np.uint16))
+    top = 0
+    for block in blocks:
+        values = maps[block]
+        top = max(top, int(values.max(initial=0)))
+        output[block] = values.astype(np.uint16, copy=False)
+        report("writing the mask")
+    return top

@@ -11,7 +11,8 @@ as a whole (the file or store, not only the array inside).
 Path specs: ``pred.zarr`` (a group holding the array ``probabilities``), ``pred.zarr:name`` or
 ``pred.zarr/name``, ``pred.h5`` and ``pred.h5:name``. Probabilities are stored channel-first
 (C, z, y, x) as float16, float32 or uint8 (probability * 255, rounded). Label volumes go beside
-them with :func:`write_labels` (uint16 when the ids fit, else uint32; never int64).
+them with :func:`write_labels` (uint16 when the ids fit, else uint32; never int64), or block by
+block with :class:`LabelsWriter` when they are larger than memory.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ..data.volumes import parse_volume_path
 
 __all__ = [
     "DEFAULT_ARRAY",
+    "LabelsWriter",
     "OUTPUT_DTYPES",
     "OutputSpec",
     "OutputWriter",
@@ -152,9 +154,14 @@ class OutputWriter:
                                          self.chunks, attributes)
         logger.debug("writing %s into %s", spec, self.temporary)
 
-    def write(self, region: Sequence[slice], probabilities: np.ndarray) -> None:
-        """Store float probabilities (C, *region) at the spatial ``region``."""
-        self._array[(slice(None), *region)] = to_storage(probabilities, self.dtype)
+    def write(self, region: Sequence[slice], probabilities: np.ndarray, *,
+              stored: bool = False) -> None:
+        """Store float probabilities (C, *region) at the spatial ``region``; ``stored=True``:
+        they are already in the output dtype (converted by :func:`to_storage`'s rule)."""
+        if stored and np.dtype(probabilities.dtype) != self.dtype:
+            raise ValueError(f"stored=True takes {self.dtype} data, not {probabilities.dtype}")
+        data = probabilities if stored else to_storage(probabilities, self.dtype)
+        self._array[(slice(None), *region)] = data
 
     def sink(self) -> ZarrSink:
         """A picklable writer of the same temporary array, for worker processes (Zarr only)."""
@@ -274,6 +281,124 @@ def write_labels(path_spec: str | os.PathLike, labels: Any, name: str = "labels"
     return spec.path
 
 
+class LabelsWriter:
+    """A label volume written block by block as array ``name`` beside the probabilities of an
+    existing prediction output (``pred.zarr`` or ``pred.h5``), so that it never has to be whole
+    in memory.
+
+    Arrays made by :meth:`create` live under temporary names in the same store or file;
+    :meth:`commit` renames the one made with ``final=True`` to ``name`` (replacing an old one only
+    then) and removes the others, :meth:`abort` (or an exception in a ``with`` block) removes
+    them all, so a crash leaves no half-written ``name``. An existing ``name`` is refused unless
+    ``overwrite``. :meth:`read` opens another array of the same store or file for reading (for
+    HDF5 through the same handle, since a file cannot be open for reading and appending at once).
+    """
+
+    def __init__(self, path_spec: str | os.PathLike, name: str = "labels",
+                 overwrite: bool = False) -> None:
+        spec = parse_output(path_spec, default_key=name)
+        if not _exists(spec.path):
+            raise ValueError(f"{spec.path} does not exist; write the prediction first")
+        self.container, self.kind, self.name = spec.path, spec.kind, name
+        self._made: list[str] = []
+        self._final: str | None = None
+        self._handle: Any = _open_container(spec.path, spec.kind)
+        try:
+            _refuse_existing(spec.path, name, name in self._handle and not overwrite)
+        except BaseException:
+            self._close()
+            raise
+
+    def read(self, key: str) -> Any:
+        """The array ``key`` of the same store or file (e.g. ``probabilities``)."""
+        if self._handle is None:
+            raise ValueError(f"{self.container} is closed")
+        if key not in self._handle:
+            raise ValueError(f"{self.container} holds no array {key!r}")
+        return self._handle[key]
+
+    def create(self, shape: Sequence[int], dtype: Any, *, final: bool = True) -> Any:
+        """A new array under a temporary name; the ``final`` one becomes ``name`` on commit."""
+        if final and self._final is not None:
+            raise ValueError("the final labels array was already created")
+        tag = "partial" if final else f"scratch{len(self._made)}"
+        key = f"{self.name}.{tag}-{os.getpid()}"
+        shape, dtype = tuple(int(n) for n in shape), np.dtype(dtype)
+        chunks = _label_chunks(shape)
+        if key in self._handle:
+            del self._handle[key]
+        self._made.append(key)
+        if self.kind == "zarr":
+            array = self._handle.create_array(key, shape=shape, dtype=dtype, chunks=chunks,
+                                              fill_value=0, overwrite=True)
+        else:
+            array = self._handle.create_dataset(key, shape=shape, dtype=dtype, chunks=chunks,
+                                                fillvalue=0, compression="gzip",
+                                                compression_opts=1)
+        if final:
+            self._final = key
+        return array
+
+    def commit(self) -> Path:
+        """Rename the final array to ``name`` and remove the temporary ones."""
+        if self._final is None:
+            raise ValueError("nothing to commit: create the labels array first")
+        for key in self._made:
+            if key != self._final and key in self._handle:
+                del self._handle[key]
+        if self.name in self._handle:
+            del self._handle[self.name]
+        if self.kind == "zarr":
+            os.rename(self.container / self._final, self.container / self.name)
+        else:
+            self._handle.move(self._final, self.name)
+        self._made, self._final = [], None
+        self._close()
+        logger.info("wrote %s:%s", self.container, self.name)
+        return self.container
+
+    def abort(self) -> None:
+        """Remove every array made here; ``name`` is left as it was."""
+        if self._handle is not None:
+            for key in self._made:
+                if key in self._handle:
+                    del self._handle[key]
+        self._made, self._final = [], None
+        self._close()
+
+    def _close(self) -> None:
+        if self._handle is not None and self.kind == "hdf5":
+            self._handle.close()
+        self._handle = None
+
+    def __enter__(self) -> LabelsWriter:
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        if kind is not None:
+            self.abort()
+        else:
+            self._close()
+
+
+def _open_container(path: Path, kind: str) -> Any:
+    """A Zarr group or an HDF5 file opened for appending."""
+    if kind == "zarr":
+        import zarr
+
+        return zarr.open_group(str(path), mode="a")
+    import h5py
+
+    try:
+        return h5py.File(path, "a")
+    except OSError as err:
+        if "already open" not in str(err):
+            raise
+        raise ValueError(f"{path} is open for reading in this process (e.g. a "
+                         "PredictionResult's probabilities); close it first: "
+                         "result.probabilities.file.close()") from None
+
+
 def _write_array(container: Path, target: OutputSpec, data: np.ndarray, overwrite: bool) -> None:
     """Write ``data`` as ``target.key`` into ``container``: under a temporary name, then renamed."""
     temporary = f"{target.key}.partial-{os.getpid()}"
@@ -335,8 +460,23 @@ def _create_zarr_array(path: Path, key: str, shape: tuple[int, ...], dtype: np.d
     import zarr
 
     group = zarr.open_group(str(path), mode="w")
+    # write_empty_chunks: Zarr's default compares every chunk with the fill value before writing
+    # it (a third of the write time here); an all-zero chunk compresses to a few bytes anyway
     return None, group.create_array(key, shape=shape, dtype=dtype, chunks=tuple(chunks),
-                                    fill_value=0, attributes=dict(attrs))
+                                    fill_value=0, attributes=dict(attrs),
+                                    compressors=_probability_codec(dtype),
+                                    config={"write_empty_chunks": True})
+
+
+def _probability_codec(dtype: np.dtype) -> Any:
+    """Blosc, fast enough to keep up with prediction: LZ4 with byte shuffle for float16/float32
+    (on predicted probabilities as small as Zarr's default zstd, written 2-3x faster), zstd level
+    1 for uint8 (which LZ4 does not shrink). Blosc is a standard Zarr codec (numcodecs)."""
+    from zarr.codecs import BloscCodec
+
+    if np.dtype(dtype) == np.uint8:
+        return BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle")
+    return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 
 def _create_hdf5_dataset(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype,

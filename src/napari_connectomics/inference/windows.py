@@ -10,7 +10,9 @@ can run in any order, in any process). Coordinates here are those of the padded 
 :meth:`Block.output_region` maps back to the volume.
 
 The cost of independence: a window that straddles two blocks is computed by both. Blocks much
-larger than the window (the automatic choice) keep that overhead small.
+larger than the window (the automatic choice) keep that overhead small. In a single process,
+:func:`stitch_regions` avoids it: overlap-add over z-slabs spanning the whole y-x plane, every
+window once, handing out each piece of the output as soon as no later window touches it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import product
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "Block",
+    "Finished",
     "WindowGrid",
     "auto_block_size",
     "block_bytes",
@@ -36,6 +40,7 @@ __all__ = [
     "resolve_window",
     "slab_bytes",
     "stitch_block",
+    "stitch_regions",
     "stitch_slabs",
     "whole_volume_bytes",
 ]
@@ -364,17 +369,20 @@ def _overlap(start: Sequence[int], window: Sequence[int],
 
 
 def slab_bytes(grid: WindowGrid, thickness: int, in_channels: int, out_channels: int,
-               batch_size: int) -> int:
+               batch_size: int, *, prefetch: bool = True) -> int:
     """Peak float32 working memory of the slab path for slabs of ``thickness`` z-planes spanning
-    the whole padded y-x plane: input slab with its windows' trailing z-extent, accumulators and
+    the whole padded y-x plane: input slab with its windows' trailing z-extent (twice with
+    ``prefetch``: the next slab's input is read while this one is predicted), accumulators and
     importance weights over the same planes, the finished planes (mean and activation) and one
     batch of windows."""
     plane = grid.padded[1] * grid.padded[2]
     depth = min(thickness + grid.window[0], grid.padded[0])
     final = min(thickness + grid.window[0], grid.padded[0])  # at most this many planes at once
+    ahead = prefetch and thickness < grid.padded[0]
+    prefetch_planes = in_channels * depth if ahead else 0
     batch = batch_size * math.prod(grid.window) * (in_channels + 2 * out_channels)
-    return 4 * (plane * ((in_channels + out_channels + 1) * depth + 2 * out_channels * final)
-                + batch)
+    return 4 * (plane * ((in_channels + out_channels + 1) * depth + prefetch_planes
+                         + 2 * out_channels * final) + batch)
 
 
 def stitch_slabs(
@@ -396,56 +404,186 @@ def stitch_slabs(
     the planes before the next slab's first window start are final. Yields, per slab, the final
     planes as (box in padded coordinates, weighted mean (C_out, z, y, x)), or (box, None) when the
     slab finished no plane. Memory: the buffers of one slab plus its windows' trailing z-extent.
+    (:func:`stitch_regions` without cuts, one piece per slab.)
+    """
+    full_yx = ((0, grid.padded[1]), (0, grid.padded[2]))
+    done, piece = 0, None
+    for event in stitch_regions(grid, slabs, read, predict_batch, importance,
+                                batch_size=batch_size, padding_mode=padding_mode, check=check):
+        if event.mean is not None:
+            piece = event
+            continue
+        if piece is None:
+            yield ((done, done), *full_yx), None
+            continue
+        yield piece.box, piece.mean
+        done, piece = piece.box[0][1], None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What :func:`stitch_regions` yields: a final ``box`` (padded coordinates) with its weighted
+    mean (C_out, *box), or, with ``mean`` None, the end of slab number ``slab``."""
+
+    slab: int
+    box: Box | None
+    mean: torch.Tensor | None = None
+
+
+def stitch_regions(
+    grid: WindowGrid,
+    slabs: Sequence[tuple[int, int]],
+    read: Callable[[tuple[slice, ...]], np.ndarray],
+    predict_batch: Callable[[torch.Tensor], torch.Tensor],
+    importance: torch.Tensor,
+    *,
+    batch_size: int,
+    padding_mode: str = "constant",
+    check: Callable[[], None] | None = None,
+    cuts: tuple[Sequence[int], Sequence[int]] = ((), ()),
+    prefetch: bool = True,
+) -> Iterator[Finished]:
+    """Overlap-add over z-slabs (as :func:`stitch_slabs`) that hands out each finished piece of the
+    output as soon as the last window touching it is predicted, not only at the end of a slab.
+
+    The finished planes are cut into pieces at the z and y positions of ``cuts`` (padded
+    coordinates; e.g. the output's chunk edges, so that each piece is written in whole chunks) and
+    at the end of every slab; a piece spans the whole padded x-axis. Windows run in raster order
+    (z, y, x), so a piece is final once the window at the largest z-, y- and x-start touching it
+    is done: with one slab spanning the whole volume, most of the output is final (and can be
+    written) while later windows are still being predicted. Yields :class:`Finished` pieces in
+    that order, and ``Finished(slab, None)`` after each slab's last window. With ``prefetch`` the
+    next slab's input is read in a background thread while this slab's windows run. Memory: as
+    :func:`stitch_slabs` (plus the next slab's input when prefetching).
     """
     z_starts, depth = grid.starts[0], grid.window[0]
     plane = (grid.padded[1], grid.padded[2])
-    full_yx = ((0, grid.padded[1]), (0, grid.padded[2]))
-    accumulated: torch.Tensor | None = None  # planes [done, done + len) of padded z
-    weights = torch.zeros((0, *plane), dtype=torch.float32)
-    done = 0
-    for lo, hi in slabs:
-        own = [s for s in z_starts if lo <= s < hi]
+    finals = []
+    for _, hi in slabs:
         later = [s for s in z_starts if s >= hi]
-        final = later[0] if later else grid.padded[0]
-        if own:
-            end = max(own) + depth
-            size = max(end - done, weights.shape[0])
-            if size > weights.shape[0]:  # grow the buffers, keeping the carried tail in front
-                grown = torch.zeros((size, *plane), dtype=torch.float32)
-                grown[:weights.shape[0]] = weights
-                weights = grown
-                if accumulated is not None:
-                    grown = torch.zeros((accumulated.shape[0], size, *plane), dtype=torch.float32)
-                    grown[:, :accumulated.shape[1]] = accumulated
-                    accumulated = grown
-            box = ((min(own), end), *full_yx)
-            image = read_padded(grid, box, read, padding_mode)
-            starts = list(product(own, grid.starts[1], grid.starts[2]))
-            for first in range(0, len(starts), batch_size):
-                if check is not None:
-                    check()
-                batch_starts = starts[first:first + batch_size]
-                windows = torch.stack([image[(slice(None), *_window_in(s, box, grid.window))]
-                                       for s in batch_starts])
-                output = predict_batch(windows).to(torch.float32)
-                if tuple(output.shape[2:]) != grid.window:
-                    raise ValueError(
-                        f"the network returned windows of {_text(output.shape[2:])} for inputs "
-                        f"of {_text(grid.window)}; only size-preserving networks can predict")
-                if accumulated is None:
-                    accumulated = torch.zeros((output.shape[1], size, *plane),
-                                              dtype=torch.float32)
-                for (z, y, x), prediction in zip(batch_starts, output):
-                    at = (slice(z - done, z - done + depth), slice(y, y + grid.window[1]),
-                          slice(x, x + grid.window[2]))
-                    accumulated[(slice(None), *at)].addcmul_(prediction, importance)
-                    weights[at] += importance
-            del image
-        count = final - done
-        if count <= 0 or accumulated is None:
-            yield ((done, done), *full_yx), None
-            continue
-        mean = accumulated[:, :count] / weights[:count]
-        accumulated, weights = accumulated[:, count:].clone(), weights[count:].clone()
-        yield ((done, final), *full_yx), mean
-        done = final
+        finals.append(later[0] if later else grid.padded[0])
+    pieces = _pieces(grid, cuts, finals)
+    boxes = [_slab_box(grid, [s for s in z_starts if lo <= s < hi]) for lo, hi in slabs]
+    reads = [b for b in boxes if b is not None]
+    accumulated: torch.Tensor | None = None  # planes [base, base + len) of padded z
+    weights = torch.zeros((0, *plane), dtype=torch.float32)
+    base, processed, emitted = 0, 0, 0
+    with _Prefetcher(lambda box: read_padded(grid, box, read, padding_mode), reads,
+                     enabled=prefetch) as inputs:
+        for number, ((lo, hi), box, final) in enumerate(zip(slabs, boxes, finals)):
+            if box is not None:
+                own = [s for s in z_starts if lo <= s < hi]
+                end = box[0][1]
+                size = max(end - base, weights.shape[0])
+                if size > weights.shape[0]:  # grow the buffers, keeping the carried tail in front
+                    grown = torch.zeros((size, *plane), dtype=torch.float32)
+                    grown[:weights.shape[0]] = weights
+                    weights = grown
+                    if accumulated is not None:
+                        grown = torch.zeros((accumulated.shape[0], size, *plane),
+                                            dtype=torch.float32)
+                        grown[:, :accumulated.shape[1]] = accumulated
+                        accumulated = grown
+                image = inputs.next()
+                starts = list(product(own, grid.starts[1], grid.starts[2]))
+                for first in range(0, len(starts), batch_size):
+                    if check is not None:
+                        check()
+                    batch_starts = starts[first:first + batch_size]
+                    windows = torch.stack([image[(slice(None), *_window_in(s, box, grid.window))]
+                                           for s in batch_starts])
+                    output = predict_batch(windows).to(torch.float32)
+                    if tuple(output.shape[2:]) != grid.window:
+                        raise ValueError(
+                            f"the network returned windows of {_text(output.shape[2:])} for "
+                            f"inputs of {_text(grid.window)}; only size-preserving networks can "
+                            "predict")
+                    if accumulated is None:
+                        accumulated = torch.zeros((output.shape[1], size, *plane),
+                                                  dtype=torch.float32)
+                    for (z, y, x), prediction in zip(batch_starts, output):
+                        at = (slice(z - base, z - base + depth), slice(y, y + grid.window[1]),
+                              slice(x, x + grid.window[2]))
+                        accumulated[(slice(None), *at)].addcmul_(prediction, importance)
+                        weights[at] += importance
+                    processed = _ordinal(grid, batch_starts[-1]) + 1
+                    while emitted < len(pieces) and pieces[emitted][0] < processed:
+                        _, (z0, z1), (y0, y1) = pieces[emitted]
+                        at = (slice(z0 - base, z1 - base), slice(y0, y1))
+                        mean = accumulated[(slice(None), *at)] / weights[at]
+                        emitted += 1
+                        yield Finished(number, ((z0, z1), (y0, y1), (0, plane[1])), mean)
+                del image
+            count = final - base
+            if count > 0 and accumulated is not None:
+                accumulated, weights = accumulated[:, count:].clone(), weights[count:].clone()
+                base = final
+            yield Finished(number, None)
+
+
+def _slab_box(grid: WindowGrid, own: Sequence[int]) -> Box | None:
+    """The input box of a slab's own windows (z-starts ``own``), or None without windows."""
+    if not own:
+        return None
+    return ((min(own), max(own) + grid.window[0]), (0, grid.padded[1]), (0, grid.padded[2]))
+
+
+def _ordinal(grid: WindowGrid, start: Sequence[int]) -> int:
+    """The position of the window at ``start`` in raster order over the whole grid."""
+    iz, iy, ix = (starts.index(s) for starts, s in zip(grid.starts, start))
+    return (iz * len(grid.starts[1]) + iy) * len(grid.starts[2]) + ix
+
+
+def _pieces(grid: WindowGrid, cuts: tuple[Sequence[int], Sequence[int]],
+            finals: Sequence[int]) -> list[tuple[int, tuple[int, int], tuple[int, int]]]:
+    """(ordinal of the last window touching it, z-range, y-range) of every output piece, in the
+    order they become final: z cut at ``cuts[0]`` and the slab ends ``finals``, y at ``cuts[1]``."""
+    def edges(extra: Sequence[int], size: int) -> list[int]:
+        return sorted({0, size, *(int(c) for c in extra if 0 < int(c) < size)})
+
+    z_edges = edges([*cuts[0], *finals], grid.padded[0])
+    y_edges = edges(cuts[1], grid.padded[1])
+    last_x = grid.starts[2][-1]
+    pieces = []
+    for z0, z1 in zip(z_edges, z_edges[1:]):
+        last_z = max(s for s in grid.starts[0] if s < z1)
+        for y0, y1 in zip(y_edges, y_edges[1:]):
+            last_y = max(s for s in grid.starts[1] if s < y1)
+            pieces.append((_ordinal(grid, (last_z, last_y, last_x)), (z0, z1), (y0, y1)))
+    return sorted(pieces)
+
+
+class _Prefetcher:
+    """Reads ``boxes`` in order with ``load``, one ahead in a background thread when ``enabled``
+    (reading and normalising release the GIL for most of their time, so it overlaps the network).
+    Leaving the ``with`` block waits for a read still running."""
+
+    def __init__(self, load: Callable[[Box], torch.Tensor], boxes: Sequence[Box],
+                 enabled: bool = True) -> None:
+        self._load, self._boxes, self._enabled = load, list(boxes), enabled and len(boxes) > 1
+        self._next = 0
+        self._pool: Any = None
+        self._pending: Any = None
+
+    def __enter__(self) -> _Prefetcher:
+        if self._enabled:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="napari-connectomics-read")
+        return self
+
+    def next(self) -> torch.Tensor:
+        box = self._boxes[self._next]
+        self._next += 1
+        if self._pending is not None:
+            image, self._pending = self._pending.result(), None
+        else:
+            image = self._load(box)
+        if self._pool is not None and self._next < len(self._boxes):
+            self._pending = self._pool.submit(self._load, self._boxes[self._next])
+        return image
+
+    def __exit__(self, *_: Any) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending = None
