@@ -629,7 +629,7 @@ def _postprocess_store(prediction: Prediction, post: PostSettings,
             block = tuple(min(b, n) for b, n in zip(LABEL_BLOCK[-len(shape):], shape))
             callbacks = [report] if report is not None else []
             label_blockwise(mask, array, block_size=block, min_size=post.min_size,
-                            callbacks=callbacks)
+                            callbacks=callbacks, classes=semantic)  # classes never merge, as in memory
         elif post.method == "none":
             dtype = np.uint8 if not semantic or probabilities.shape[0] <= 256 else np.uint16
             array = group.create_array(key, shape=shape, dtype=dtype, chunks=chunks, fill_value=0)
