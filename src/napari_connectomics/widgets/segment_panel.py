@@ -30,6 +30,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..progress import Progress
 from .background import BackgroundJob
+from .compat import viewer_camera
 from .forms import ConfigForm, parse_list
 from .notify import UserError, notify_error, show_info, show_warning
 from .segment_request import (
@@ -389,7 +390,7 @@ class SegmentPanel(QWidget):
         viewer = self.viewer
         displayed = list(viewer.dims.displayed)[-2:]
         height, width = _canvas_size(viewer)
-        camera = _camera(viewer)
+        camera = viewer_camera(viewer)
         zoom = float(camera.zoom) or 1.0
         center = np.asarray(camera.center, dtype=float)[-2:]
         points = []
@@ -697,12 +698,6 @@ def _section(config: Any, name: str) -> dict[str, Any]:
     except Exception:
         return dict(section) if hasattr(section, "keys") else {}
 
-
-def _camera(viewer: Any) -> Any:
-    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
-    scene = getattr(viewer, "scene", None)
-    camera = getattr(scene, "camera", None)
-    return camera if camera is not None else viewer.camera
 
 
 def _canvas_size(viewer: Any) -> tuple[float, float]:

@@ -43,6 +43,7 @@ from qtpy.QtWidgets import (
 
 from ..progress import Progress
 from .background import BackgroundJob
+from .compat import viewer_camera
 from .forms import knob_widget, parse_list
 from .loss_plot import LossPlot
 from .notify import UserError, notify_error, show_info, show_warning
@@ -624,7 +625,7 @@ class TrainPanel(QWidget):
         for layer in layers:
             layer.events.name.connect(self._refresh_layers)
         self.viewer.dims.events.current_step.connect(self._track_view)
-        self.viewer.camera.events.center.connect(self._track_view)
+        viewer_camera(self.viewer).events.center.connect(self._track_view)
         self.session.events.busy.connect(self._on_busy)
 
     def _on_busy(self, busy: str = "") -> None:
@@ -704,7 +705,7 @@ class TrainPanel(QWidget):
             return
         try:
             point = list(self.viewer.dims.point)
-            centre = list(self.viewer.camera.center)
+            centre = list(viewer_camera(self.viewer).center)
             if len(point) >= 2 and len(centre) >= 2:
                 point[-2:] = centre[-2:]
             data = np.asarray(layer.world_to_data(point[-layer.ndim:]), dtype=float)
