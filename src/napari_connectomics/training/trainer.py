@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import importlib.util
 import logging
 import os
@@ -25,6 +24,7 @@ from .callbacks import ProgressRelay
 from .checkpoint import AtomicCheckpointIO, load_checkpoint, model_state_dict
 from .datamodule import TrainingData, VolumeDataModule
 from .module import LOGGED_METRICS, SegmentationModule
+from .run_dir import new_run_dir
 
 __all__ = ["TrainResult", "build_trainer", "resolve_devices", "train"]
 
@@ -86,7 +86,7 @@ def train(
     if child:  # a DDP process that Lightning launched: rank 0 made the run folder and saved the config
         run_dir = Path(os.environ[RUN_DIR_ENV])
     else:
-        run_dir = Path(run_dir) if run_dir is not None else _new_run_dir(cfg)
+        run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the DDP processes Lightning starts
@@ -230,12 +230,3 @@ def _absolute_paths(cfg: DictConfig) -> None:
         cfg.model.pretrained = str(Path.cwd() / cfg.model.pretrained)
 
 
-def _new_run_dir(cfg: DictConfig) -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(cfg.training.output_dir).expanduser().resolve() / cfg.training.name
-    run_dir = base / stamp
-    n = 1
-    while run_dir.exists():
-        run_dir = base / f"{stamp}-{n}"
-        n += 1
-    return run_dir

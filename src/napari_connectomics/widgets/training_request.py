@@ -14,7 +14,6 @@ Torch, Lightning and h5py are imported inside the functions that need them, neve
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..config import validate_config
+from ..training.run_dir import new_run_dir
 from .notify import UserError
 
 __all__ = [
@@ -493,17 +493,6 @@ def _write_legend(run_dir: Path, choices: TrainChoices, saved: list[SavedPair]) 
     (run_dir / LEGEND_FILE).write_text(json.dumps(legend, indent=2))
 
 
-def new_run_dir(cfg: Any) -> Path:
-    """``<output_dir>/<name>/<timestamp>`` (a suffix when two runs start in the same second)."""
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(cfg.training.output_dir).expanduser().resolve() / cfg.training.name
-    run_dir = base / stamp
-    n = 1
-    while run_dir.exists():
-        run_dir = base / f"{stamp}-{n}"
-        n += 1
-    run_dir.mkdir(parents=True)
-    return run_dir
 
 
 # --------------------------------------------------------------------------------------------
@@ -567,7 +556,7 @@ def prepare_run(choices: TrainChoices, cfg: Any) -> PreparedRun:
                 splits[k] = split[:2]
                 logger.info("%s: validating on %s", pair.name, split[2])
 
-    run_dir = new_run_dir(cfg)
+    run_dir = new_run_dir(cfg, create=True)
     try:
         layer_pairs = [k for k, p in enumerate(choices.pairs) if not p.from_files]
         saved_layers = save_annotations(
