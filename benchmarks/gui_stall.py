@@ -60,16 +60,24 @@ def paint_sparse(viewer) -> None:
     viewer.add_labels(painted, name="painted", scale=image.scale)
 
 
+def z_scroller(viewer):
+    """A (stopped) timer that steps the viewed z-section every 200 ms, as a user watching would."""
+    from qtpy.QtCore import QTimer
+
+    z_size = viewer.dims.nsteps[0]
+    scroll = QTimer()
+    scroll.setInterval(200)
+    scroll.timeout.connect(lambda: viewer.dims.set_current_step(0, (viewer.dims.current_step[0] + 1) % z_size))
+    return scroll
+
+
 def measure_idle(app, viewer, seconds: float) -> dict[str, float]:
     """The same ticks and scrolling without training: the machine's own noise floor."""
     from qtpy.QtCore import QEventLoop, Qt, QTimer
 
     ticks: list[float] = []
     loop = QEventLoop()
-    z_size = viewer.dims.nsteps[0]
-    scroll = QTimer()
-    scroll.setInterval(200)
-    scroll.timeout.connect(lambda: viewer.dims.set_current_step(0, (viewer.dims.current_step[0] + 1) % z_size))
+    scroll = z_scroller(viewer)
 
     def tick() -> None:
         ticks.append(time.perf_counter())
@@ -98,10 +106,7 @@ def measure_run(app, viewer, panel, seconds_limit: float = 1800.0, diagnose_ms: 
     ticks: list[float] = []
     first_loss_at: list[float] = []
     loop = QEventLoop()
-    z_size = viewer.dims.nsteps[0]
-    scroll = QTimer()
-    scroll.setInterval(200)
-    scroll.timeout.connect(lambda: viewer.dims.set_current_step(0, (viewer.dims.current_step[0] + 1) % z_size))
+    scroll = z_scroller(viewer)
 
     def tick() -> None:
         now = time.perf_counter()

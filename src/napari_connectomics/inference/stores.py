@@ -404,9 +404,7 @@ def _write_array(container: Path, target: OutputSpec, data: np.ndarray, overwrit
     temporary = f"{target.key}.partial-{os.getpid()}"
     chunks = _label_chunks(data.shape)
     if target.kind == "zarr":
-        import zarr
-
-        group = zarr.open_group(str(container), mode="a")
+        group = _open_container(container, "zarr")
         _refuse_existing(container, target.key, target.key in group and not overwrite)
         array = group.create_array(temporary, shape=data.shape, dtype=data.dtype, chunks=chunks,
                                    fill_value=0, overwrite=True)
@@ -415,17 +413,7 @@ def _write_array(container: Path, target: OutputSpec, data: np.ndarray, overwrit
             del group[target.key]
         os.rename(container / temporary, container / target.key)
         return
-    import h5py
-
-    try:
-        file = h5py.File(container, "a")
-    except OSError as err:
-        if "already open" not in str(err):
-            raise
-        raise ValueError(f"{container} is open for reading in this process (e.g. a "
-                         "PredictionResult's probabilities); close it first: "
-                         "result.probabilities.file.close()") from None
-    with file:
+    with _open_container(container, "hdf5") as file:
         _refuse_existing(container, target.key, target.key in file and not overwrite)
         if temporary in file:
             del file[temporary]
