@@ -20,7 +20,7 @@ from napari_connectomics.data.volumes import open_volume
 from napari_connectomics.inference.metrics import semantic_metrics
 from napari_connectomics.inference.postprocess import fill_holes, postprocess
 from napari_connectomics.inference.predict import PredictOptions, predict
-from napari_connectomics.training.checkpoint import config_from_checkpoint, load_checkpoint
+from napari_connectomics.models.checkpoint import config_from_checkpoint, load_checkpoint
 
 
 def foreground_iou(mask: np.ndarray, truth: np.ndarray) -> float:

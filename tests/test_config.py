@@ -215,7 +215,7 @@ def test_loss_weights_must_match_losses():
 
 
 def test_exp_r_list_must_have_nine_entries():
-    assert "model.mednext_exp_r" in _error("model.mednext_exp_r=[2,3]")
+    assert "model.mednext_exp_r" in _error("model.architecture=mednext_custom", "model.mednext_exp_r=[2,3]")
 
 
 @pytest.mark.parametrize("override, key", [

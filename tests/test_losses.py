@@ -8,10 +8,8 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss, DiceLoss, FocalLoss
 from omegaconf import OmegaConf
 
-from napari_connectomics.config import LOSS_NAMES
 from napari_connectomics.data.conventions import IGNORE_INDEX
 from napari_connectomics.models.losses import (
-    DEFAULT_DEEP_SUPERVISION_WEIGHTS,
     DeepSupervisionLoss,
     SegmentationLoss,
     build_loss,
@@ -21,6 +19,8 @@ from napari_connectomics.models.losses import (
 )
 
 IGNORE = IGNORE_INDEX
+# The built-in losses (other tests may register more).
+LOSS_NAMES = ("DiceLoss", "CrossEntropyLoss", "BCEWithLogitsLoss", "DiceCELoss", "FocalLoss", "TverskyLoss")
 SHAPES = {2: (2, 8, 8), 3: (2, 4, 8, 8)}  # batch + spatial
 
 
@@ -253,7 +253,7 @@ def test_deep_supervision_matches_hand_computed_weighted_sum():
     outputs, target = ds_outputs(scales=3)
     total, logs = ds(outputs, target)
 
-    raw = DEFAULT_DEEP_SUPERVISION_WEIGHTS[:3]
+    raw = [1.0, 1 / 2, 1 / 4]  # halving per scale
     weights = [w / sum(raw) for w in raw]
     assert ds.scale_weights(3) == pytest.approx(weights) and sum(ds.scale_weights(3)) == pytest.approx(1.0)
     expected = 0.0
@@ -313,4 +313,6 @@ def test_build_loss_from_the_default_config():
     from napari_connectomics.config import load_config
 
     loss = build_loss(load_config())
-    assert loss.weights == list(DEFAULT_DEEP_SUPERVISION_WEIGHTS)
+    assert loss.weights is None  # the default: halving per scale, for however many scales the model returns
+    assert loss.scale_weights(5) == pytest.approx([w / 1.9375 for w in (1, 1 / 2, 1 / 4, 1 / 8, 1 / 16)])
+    assert loss.scale_weights(7)[-1] == pytest.approx(1 / 64 / sum(0.5 ** i for i in range(7)))

@@ -218,7 +218,7 @@ def test_two_panels_of_one_viewer_stay_in_step(panel, qtbot):
 def test_an_unavailable_architecture_says_why(make_napari_viewer, qtbot, monkeypatch):
     spec = registry.ArchitectureSpec(name="needs_extra", builder=lambda cfg: None,
                                      requires=("no_such_module_for_tests",))
-    monkeypatch.setitem(registry._REGISTRY, "needs_extra", spec)
+    monkeypatch.setitem(registry.ARCHITECTURES._items, "needs_extra", spec)
     viewer = make_napari_viewer()
     _, panel = viewer.window.add_plugin_dock_widget("napari-connectomics", "Model")
     labels = [panel.architecture.native.itemText(i) for i in range(panel.architecture.native.count())]

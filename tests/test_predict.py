@@ -24,7 +24,7 @@ from napari_connectomics.inference.stores import open_output, write_labels
 from napari_connectomics.inference.windows import make_grid, plan_blocks
 from napari_connectomics.models import build_model
 from napari_connectomics.models.architectures.base import ConnectomicsModel
-from napari_connectomics.training.checkpoint import CONFIG_KEY, atomic_torch_save
+from napari_connectomics.models.checkpoint import CONFIG_KEY, atomic_torch_save
 
 TOLERANCE = 1e-4
 UNET = ["model.architecture=monai_unet", "model.filters=[4,8]", "model.num_res_units=1"]
@@ -660,9 +660,9 @@ def test_stitch_regions_yields_each_piece_once_when_final(shape, window, overlap
 @pytest.fixture(params=[False, True], ids=["io-between-batches", "io-in-threads"])
 def overlap_io(request, monkeypatch):
     """Both ways of doing I/O: between batches (all cores busy) and in background threads."""
-    from napari_connectomics.inference import predict as engine
+    from napari_connectomics.inference import engines
 
-    monkeypatch.setattr(engine, "_overlap_io", lambda device: request.param)
+    monkeypatch.setattr(engines, "overlap_io", lambda device: request.param)
     return request.param
 
 
@@ -753,7 +753,7 @@ def test_cancel_in_the_middle_of_a_slab_with_pieces_written(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("dtype", ["float16", "uint8", "float32"])
 def test_storage_conversion_in_torch_matches_to_storage(dtype):
-    from napari_connectomics.inference.predict import _stored
+    from napari_connectomics.inference.engines import _stored
     from napari_connectomics.inference.stores import to_storage
 
     values = np.random.default_rng(0).random((2, 5, 33, 17), dtype=np.float32)
@@ -763,19 +763,19 @@ def test_storage_conversion_in_torch_matches_to_storage(dtype):
 
 
 def test_whole_input_read_once_gives_the_same_statistics(tmp_path):
-    from napari_connectomics.inference.predict import _read_once, prepare_input
+    from napari_connectomics.inference.input import prepare_input, read_once
 
     data = image((40, 160, 160), seed=8)
     zarr.open_array(str(tmp_path / "raw.zarr"), mode="w", shape=data.shape, dtype=data.dtype,
                     chunks=(8, 64, 64))[:] = data
     source = prepare_input(str(tmp_path / "raw.zarr"), 1)
-    held = _read_once(source, 2**30)
+    held = read_once(source, 2**30)
     assert held.volume is not source.volume and held.volume.chunks == (8, 64, 64)
     assert intensity_stats(held.volume, max_voxels=100_000) == intensity_stats(
         source.volume, max_voxels=100_000)
-    assert _read_once(source, 1024).volume is source.volume  # over a quarter of the limit
+    assert read_once(source, 1024).volume is source.volume  # over a quarter of the limit
     roi = prepare_input(str(tmp_path / "raw.zarr"), 1, (slice(0, 8), slice(None), slice(None)))
-    assert _read_once(roi, 2**30).volume is roi.volume  # statistics are of the whole volume
+    assert read_once(roi, 2**30).volume is roi.volume  # statistics are of the whole volume
 
 
 def test_probability_codecs(tmp_path, unet3d, volume):
@@ -788,7 +788,7 @@ def test_probability_codecs(tmp_path, unet3d, volume):
 
 
 def test_write_behind_keeps_at_most_depth_regions_waiting():
-    from napari_connectomics.inference.predict import _WriteBehind
+    from napari_connectomics.inference.engines import _WriteBehind
 
     release, written = threading.Event(), []
 
@@ -810,27 +810,28 @@ def test_write_behind_keeps_at_most_depth_regions_waiting():
 
 
 def test_io_overlaps_only_with_a_free_core_or_an_accelerator(monkeypatch):
-    from napari_connectomics.inference.predict import _overlap_io
+    from napari_connectomics.inference.engines import overlap_io
 
-    assert _overlap_io(torch.device("cuda"))
+    assert overlap_io(torch.device("cuda"))
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert _overlap_io(torch.device("cpu"))
+    assert overlap_io(torch.device("cpu"))
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert not _overlap_io(torch.device("cpu"))
+    assert not overlap_io(torch.device("cpu"))
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32", "float64", "float16"])
 @pytest.mark.parametrize("mode", ["percentile", "minmax", "zscore", "none"])
 def test_fused_normalisation_equals_normalize_intensity(dtype, mode):
-    from napari_connectomics.inference.predict import _normalized
+    from napari_connectomics.data.normalize import read_normalized
 
     rng = np.random.default_rng(3)
     data = (rng.random((6, 40, 30)) * 200 - (50 if dtype[0] in "if" and dtype != "uint8" else 0))
     data = data.astype(dtype)
     stats = intensity_stats(data, max_voxels=1000)
     expected = normalize_intensity(data, mode, stats)
-    result = _normalized(data.copy(), mode, stats)
+    result = read_normalized(data.copy(), (slice(None),) * 3, has_channels=False, flat=False,
+                             mode=mode, stats=stats)[0]
     assert result.dtype == np.float32
     assert np.array_equal(result, expected)
 

@@ -51,7 +51,7 @@ def checkpoint(runs) -> Path:
 
     from napari_connectomics.config import load_config
     from napari_connectomics.models import build_model
-    from napari_connectomics.training.checkpoint import CONFIG_KEY, atomic_torch_save
+    from napari_connectomics.models.checkpoint import CONFIG_KEY, atomic_torch_save
 
     cfg = load_config(overrides=["model.architecture=monai_basic_unet3d", "model.filters=[2,2,4,4,4]",
                                  "data.patch_size=[16,32,32]", "inference.window_size=[16,64,64]"])

@@ -132,7 +132,7 @@ def test_negative_labels_name_the_minimum() -> None:
 
 
 def test_bad_choices_and_dtypes_list_what_is_valid() -> None:
-    with pytest.raises(ValueError, match="binary, semantic, instance"):
+    with pytest.raises(ValueError, match="binary, instance, semantic"):
         labels_to_classes(LABELS, "dense", "affinity")
     with pytest.raises(ValueError, match="dense, sparse"):
         labels_to_classes(LABELS, "partial", "binary")

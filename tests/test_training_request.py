@@ -17,6 +17,7 @@ from napari_connectomics.config import ConfigError, load_config
 from napari_connectomics.data.synthetic import make_synthetic_em
 from napari_connectomics.widgets.notify import UserError
 from napari_connectomics.widgets.training_request import (
+    PANEL_DEFAULTS,
     AnnotationSummary,
     PairChoice,
     PreviewTarget,
@@ -51,12 +52,22 @@ def painted(sample, sections=(4, 6, 8, 10)) -> np.ndarray:
     return labels
 
 
+# Short names for the config knobs a test sets: name -> (section, field).
+KNOB_NAMES = {"label_mode": ("data", "label_mode"), "task": ("data", "target"), "patch_size": ("data", "patch_size"),
+              "steps": ("training", "max_steps"), "lr": ("optimizer", "lr")}
+
+
 def choices_for(sample, tmp_path, labels=None, **overrides) -> TrainChoices:
+    knobs = {"data": {"patch_size": [16, 32, 32], "batch_size": 1, "voxel_size": [30.0, 8.0, 8.0]},
+             "training": {"max_steps": 2, "output_dir": str(tmp_path / "runs")},
+             "optimizer": {"lr": 1e-3}, "system": {"accelerator": "cpu"}}
+    for short, (section, name) in KNOB_NAMES.items():
+        if short in overrides:
+            knobs[section][name] = overrides.pop(short)
     values = dict(
         pairs=[PairChoice("painted", sample.image.copy(), painted(sample) if labels is None else labels,
                           scale=(30.0, 8.0, 8.0), translate=(0.0, 0.0, 0.0))],
-        patch_size=[16, 32, 32], batch_size=1, steps=2, lr=1e-3, device="cpu",
-        voxel_size=[30.0, 8.0, 8.0], output_dir=str(tmp_path / "runs"))
+        knobs=knobs)
     values.update(overrides)
     return TrainChoices(**values)
 
@@ -109,6 +120,21 @@ def test_build_config_applies_the_choices(sample, tmp_path, base_cfg):
     assert continue_config(cfg, 12, 5).training.max_steps == 17 and cfg.training.max_steps == 40
     with pytest.raises(ConfigError, match="data.patch_size"):
         build_config(base_cfg, choices_for(sample, tmp_path, patch_size=[16, 32]))
+
+
+def test_unset_knobs_keep_the_base_config_except_the_panel_defaults(sample, tmp_path, base_cfg):
+    cfg = build_config(base_cfg, TrainChoices(pairs=choices_for(sample, tmp_path).pairs))
+    assert cfg.data.label_mode == PANEL_DEFAULTS["data"]["label_mode"]
+    assert cfg.data.target == PANEL_DEFAULTS["data"]["target"]
+    assert cfg.training.max_steps == PANEL_DEFAULTS["training"]["max_steps"]
+    assert cfg.data.batch_size == base_cfg.data.batch_size and cfg.optimizer.lr == base_cfg.optimizer.lr
+    assert list(cfg.data.patch_size) == list(base_cfg.data.patch_size)
+    with pytest.raises(ConfigError, match="data.label_mode"):  # the schema's choices, not restated
+        build_config(base_cfg, choices_for(sample, tmp_path, label_mode="painted"))
+    from napari_connectomics.widgets.forms import section_fields
+    from napari_connectomics.widgets.training_request import DEVICES
+
+    assert set(DEVICES) <= set(section_fields("system")["accelerator"].metadata["choices"])
 
 
 def test_class_values_and_channels():

@@ -7,7 +7,7 @@
   array's attributes (our reader reads them back). TIFF holds the bare array.
 * The file is written to a hidden temporary sibling and renamed onto the target, so a failed or
   interrupted write never leaves a half-written file; an existing target is replaced (napari has
-  already asked the user before overwriting).
+  already asked the user before overwriting). The writing itself is :func:`.data.volume_io.write_volume`.
 * Each writer returns the list of written paths.
 
 Dask-backed layers are written block by block (never read whole into memory) for HDF5 and Zarr.
@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .data.volume_io import TIFF_SUFFIXES, ZARR_SUFFIXES, write_volume
+
 __all__ = ["label_dtype", "safe_array_name", "write_image", "write_labels"]
 
-_H5 = (".h5", ".hdf5")
-_ZARR = (".zarr",)
-_TIFF = (".tif", ".tiff")
+_H5 = (".h5", ".hdf5")  # not .hdf: napari offers these two
+_ZARR = ZARR_SUFFIXES
+_TIFF = TIFF_SUFFIXES
 
 
 def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
@@ -83,29 +84,12 @@ def _min_max(data: Any) -> tuple[int, int]:
 
 def _write(path: str, data: Any, meta: dict[str, Any], default_name: str) -> list[str]:
     target = Path(os.fsdecode(path))
-    suffix = target.suffix.lower()
-    if suffix not in _H5 + _ZARR + _TIFF:
+    if target.suffix.lower() not in _H5 + _ZARR + _TIFF:
         raise ValueError(f"cannot write {target}: napari-connectomics writes .h5, .hdf5, .zarr, .tif or .tiff")
     key = safe_array_name(meta.get("name"), default_name)
-    attrs = _spatial_attrs(meta, data.ndim)
-    temporary = target.with_name(f".{target.name}.partial-{os.getpid()}{target.suffix}")
-    _remove(temporary)
-    try:
-        if suffix in _H5:
-            _write_hdf5(temporary, key, data, attrs)
-        elif suffix in _ZARR:
-            _write_zarr(temporary, key, data, attrs)
-        else:
-            _write_tiff(temporary, data, rgb=bool(meta.get("rgb")))
-        if target.is_dir() and not temporary.is_dir():
-            shutil.rmtree(target)
-        elif target.exists() and temporary.is_dir():
-            _remove(target)
-        os.replace(temporary, target)
-    except BaseException:
-        _remove(temporary)
-        raise
-    return [str(target)]
+    written = write_volume(target, key, data, attrs=_spatial_attrs(meta, data.ndim),
+                           rgb=bool(meta.get("rgb")))
+    return [str(written)]
 
 
 def _spatial_attrs(meta: dict[str, Any], ndim: int) -> dict[str, list[float]]:
@@ -115,56 +99,3 @@ def _spatial_attrs(meta: dict[str, Any], ndim: int) -> dict[str, list[float]]:
         if value is not None and len(value) == ndim:
             attrs[name] = [float(v) for v in value]
     return attrs
-
-
-def _write_hdf5(file: Path, key: str, data: Any, attrs: dict[str, list[float]]) -> None:
-    import h5py
-
-    with h5py.File(file, "w") as handle:
-        dataset = handle.create_dataset(key, shape=data.shape, dtype=data.dtype,
-                                        chunks=_chunks(data.shape) or None, compression="gzip")
-        dataset.attrs.update(attrs)
-        _store(data, dataset, lock=True)
-
-
-def _write_zarr(store: Path, key: str, data: Any, attrs: dict[str, list[float]]) -> None:
-    import zarr
-
-    group = zarr.open_group(str(store), mode="w")
-    array = group.create_array(key, shape=data.shape, dtype=data.dtype, chunks=_chunks(data.shape) or "auto")
-    array.attrs.update(attrs)
-    _store(data, array, lock=False)
-
-
-def _write_tiff(file: Path, data: Any, rgb: bool) -> None:
-    """One page per z section (grey values, never read as colour planes), unless the layer is RGB."""
-    import tifffile
-
-    tifffile.imwrite(file, np.asarray(data), photometric="rgb" if rgb else "minisblack")
-
-
-def _store(data: Any, target: Any, lock: bool) -> None:
-    if data.size == 0:
-        return
-    if hasattr(data, "compute"):
-        import dask.array as da
-
-        da.store(data, target, lock=lock)
-    else:
-        target[...] = np.asarray(data)
-
-
-def _chunks(shape: tuple[int, ...]) -> tuple[int, ...] | None:
-    """z-y-x blocks of up to 32x256x256 (leading axes one by one); None for empty arrays."""
-    if not shape or 0 in shape:
-        return None
-    spatial = (32, 256, 256)[-min(len(shape), 3):]
-    lead = (1,) * (len(shape) - len(spatial))
-    return tuple(min(n, c) for n, c in zip(shape, lead + spatial))
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
+from .registry import POSTPROCESSORS
 
 __all__ = ["main", "build_parser"]
 
@@ -62,11 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", default=None, help="test-time augmentation (flips, rot90)")
     p.add_argument("--device", help="auto, cpu, cuda")
     p.add_argument("--block", type=_ints, metavar="Z,Y,X", help="block size for volumes larger than memory")
+    p.add_argument("--memory-limit", type=int, metavar="MB", dest="memory_limit_mb",
+                   help="memory for one prediction; larger volumes are predicted in blocks that fit it")
     p.add_argument("--roi", type=_roi, metavar="z0:z1,y0:y1,x0:x1", help="predict only this region")
-    p.add_argument("--output-dtype", choices=("float16", "uint8", "float32"), help="stored probabilities")
+    p.add_argument("--output-dtype", choices=_choices("inference", "output_dtype"), help="stored probabilities")
     p.add_argument("--threshold", type=float, help="also write binary labels at this probability (block by block)")
-    p.add_argument("--instances", choices=("cc", "watershed"),
-                   help="also write instance labels: cc block by block (any size), watershed on the whole volume in memory")
+    p.add_argument("--instances", choices=POSTPROCESSORS.names(), metavar="METHOD",
+                   help="also write labels post-processed by METHOD: " + "; ".join(
+                       f"{name}: {spec.description}" for name, spec in POSTPROCESSORS.items()))
     p.add_argument("--min-size", type=int, default=0, help="objects smaller than this (voxels) are removed")
     p.add_argument("--scheduler", choices=("local", "dask"), default="local",
                    help="dask: blocks as tasks on a dask cluster (local 2-worker cluster without --address)")
@@ -88,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the embedded default end to end: train, predict, evaluate on the synthetic sample")
     p.add_argument("--data", metavar="PATH[:key]", help="a labelled volume (its :label beside it) instead of the sample")
-    p.add_argument("--output", default="outputs/demo", help="folder for the run, prediction.zarr, overlay.png, scores")
-    p.add_argument("--steps", type=int, default=300, help="training steps")
+    p.add_argument("--output", help="folder for the run, prediction.zarr, overlay.png, scores (default outputs/demo)")
+    p.add_argument("--steps", type=int, help="training steps (default: the demo's, about 40 s on two CPU cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--architectures", action="store_true",
                    help="instead: run every registered network once on the sample (a quick install check)")
@@ -98,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="then open napari with the volume, the prediction and the Connectomics dock widget")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _choices(section: str, name: str) -> tuple:
+    """A config field's declared choices (the schema states them once)."""
+    from .config.schema import ConnectomicsConfig
+
+    schema = ConnectomicsConfig.__dataclass_fields__[section].default_factory
+    return tuple(c for c in schema.__dataclass_fields__[name].metadata["choices"] if c is not None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,69 +146,24 @@ def _training_error() -> type[Exception]:
 # --- list-architectures / info -----------------------------------------------------------------
 
 def architecture_summary(name: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Facts of one architecture as configured: built on the meta device, so no memory is used."""
-    from .config import effective_input_size, load_config
-    from .models.architectures.registry import get_architecture_spec, is_architecture_available
+    """The spec's facts of one architecture as configured, plus its parameter count (built on the
+    meta device, so no memory is used)."""
+    from .config import load_config
+    from .models.architectures.registry import get_architecture_spec
 
     spec = get_architecture_spec(name)
     cfg = load_config(overrides=[f"model.architecture={name}", *_qualify(overrides)])
-    summary: dict[str, Any] = {
-        "name": name,
-        "description": spec.description,
-        "available": is_architecture_available(name),
-        "spatial_dims": cfg.model.spatial_dims,
-        "supported_spatial_dims": list(spec.spatial_dims),
-        "size_multiple": spec.size_multiple_for(cfg.model),
-        "fixed_input_size": effective_input_size(cfg) if spec.fixed_input_size else None,
-        "patch_size": list(cfg.data.patch_size),
-        "deep_supervision_supported": spec.deep_supervision,
-    }
-    if not summary["available"]:
-        summary["missing"] = [m for m in spec.requires if not _importable(m)]
-        return summary
-    info = _quiet_model_info(cfg)
-    scales = info["output_scales"] if info["deep_supervision"] else 1
-    summary.update(
-        parameters=info["parameters"],
-        deep_supervision=info["deep_supervision"],
-        output_scales=scales,
-        output_resolutions=[f"1/{2 ** i}" if i else "1" for i in range(scales)],
-    )
+    summary = spec.facts(cfg).as_dict()
+    if summary["available"]:
+        from .models.build import model_info
+
+        summary["parameters"] = model_info(cfg)["parameters"]
     return summary
-
-
-def _quiet_model_info(cfg: Any) -> dict[str, Any]:
-    """Model info without allocating weights (meta device) and without the build log line.
-
-    Networks whose constructor reads tensor values (SwinUNETR) cannot be built on the meta
-    device; those are built on the CPU.
-    """
-    import torch
-
-    from .models import build_model
-
-    build_logger = logging.getLogger("napari_connectomics.models.build")
-    level = build_logger.level
-    build_logger.setLevel(logging.WARNING)
-    try:
-        try:
-            with torch.device("meta"):
-                return build_model(cfg).get_model_info()
-        except (RuntimeError, NotImplementedError):
-            return build_model(cfg).get_model_info()
-    finally:
-        build_logger.setLevel(level)
 
 
 def _qualify(overrides: Sequence[str]) -> list[str]:
     """`mednext_size=B` means `model.mednext_size=B`: model keys are what `info` is about."""
     return [o if "." in o.split("=", 1)[0] else f"model.{o}" for o in overrides]
-
-
-def _importable(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 def cmd_list_architectures(args: argparse.Namespace) -> int:
@@ -210,7 +177,7 @@ def cmd_list_architectures(args: argparse.Namespace) -> int:
     else:
         for row in rows:
             params = f"{row['parameters']:>12,}" if "parameters" in row else f"{'unavailable':>12}"
-            ds = "DS x5" if row["deep_supervision_supported"] else "     "
+            ds = f"DS x{row['deep_supervision_scales']}" if row["deep_supervision_supported"] else "     "
             print(f"{row['name']:<20} {params}  x{row['size_multiple']:<3} {ds}  {row['description']}")
     return 0
 
@@ -223,7 +190,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         dims = " / ".join(f"{d}D" for d in row["supported_spatial_dims"])
         multiple = f"{row['size_multiple']}" + (" (fixed input)" if row["fixed_input_size"] else "")
-        ds = "yes (5 scales)" if row["deep_supervision_supported"] else "no"
+        ds = f"yes ({row['deep_supervision_scales']} scales)" if row["deep_supervision_supported"] else "no"
         params = f"{row['parameters']:,}" if "parameters" in row else "unavailable"
         lines.append(f"| `{row['name']}` | {params} | {dims} | {multiple} | {ds} | {row['description']} |")
     return "\n".join(lines)
@@ -311,16 +278,16 @@ class _ProgressBar:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference.predict import PredictOptions, predict, prepare_input
     from .inference.stores import parse_output
-    from .training.checkpoint import config_from_checkpoint, load_checkpoint
+    from .models.checkpoint import config_from_checkpoint, load_checkpoint
 
     cfg = config_from_checkpoint(load_checkpoint(args.checkpoint), source=repr(args.checkpoint))
     options = PredictOptions.from_config(
         cfg, window=args.window, overlap=args.overlap, batch_size=args.batch, tta=args.tta, device=args.device,
-        block_size=args.block, roi=args.roi, output_dtype=args.output_dtype)
+        block_size=args.block, roi=args.roi, output_dtype=args.output_dtype, memory_limit_mb=args.memory_limit_mb)
     source = prepare_input(args.input, int(cfg.model.in_channels), args.roi)  # input errors before the model is built
     method = args.instances or ("none" if args.threshold is not None else None)
-    if method == "watershed":
-        _check_watershed_fits(source.shape, int(cfg.model.out_channels), options.memory_limit_mb)
+    if method is not None and not POSTPROCESSORS.get(method).blockwise:
+        _check_whole_volume_fits(method, source.shape, int(cfg.model.out_channels), options.memory_limit_mb)
     bar = _ProgressBar("batch")
     try:
         result = predict(args.checkpoint, args.input, options, progress=[bar], output=args.output,
@@ -343,16 +310,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 LABEL_BLOCK = (32, 512, 512)  # block-wise labels: a multiple of their chunks (32, 128, 128); ~0.3 GB a block
 
 
-def _check_watershed_fits(shape: Sequence[int], channels: int, memory_limit_mb: int) -> None:
-    """The watershed runs on the whole volume in memory: refuse (before predicting) when it does not fit."""
+def _check_whole_volume_fits(method: str, shape: Sequence[int], channels: int, memory_limit_mb: int) -> None:
+    """A post-processor without a block-wise form runs on the whole volume in memory: refuse (before
+    predicting) when it does not fit. The watershed's working memory is the estimate for all of them."""
     from .inference.postprocess import watershed_bytes
+    from .inference.postprocessors import blockwise_postprocessors
 
     need = watershed_bytes(shape, channels)
     if need > memory_limit_mb * 2**20:
         size = "x".join(str(int(n)) for n in shape)
-        raise CLIError(f"--instances watershed runs on the whole volume in memory: {size} voxels need about "
+        blockwise = " or ".join(f"--instances {n}" for n in blockwise_postprocessors() if n != "none")
+        raise CLIError(f"--instances {method} runs on the whole volume in memory: {size} voxels need about "
                        f"{need / 2**30:.1f} GiB, more than the {memory_limit_mb / 1024:g} GiB limit; use "
-                       "--instances cc (block by block, any size) or a smaller --roi")
+                       f"{blockwise} (block by block, any size) or a smaller --roi")
 
 
 def _write_labels(result: Any, key: str, cfg: Any, method: str, threshold: float, min_size: int) -> str:
@@ -363,7 +333,9 @@ def _write_labels(result: Any, key: str, cfg: Any, method: str, threshold: float
     from .inference.postprocess import postprocess, postprocess_blockwise
     from .inference.stores import LabelsWriter, labels_dtype
 
-    layout = {"binary": "binary", "instance": "instance", "semantic": "semantic"}[cfg.data.target]
+    from .registry import TARGETS
+
+    layout = TARGETS.get(cfg.data.target).channel_layout
     stored = result.probabilities
     shape = tuple(int(n) for n in stored.shape[1:])
     scale = 255.0 if np.dtype(stored.dtype) == np.uint8 else 1.0
@@ -371,7 +343,7 @@ def _write_labels(result: Any, key: str, cfg: Any, method: str, threshold: float
         stored.file.close()
     with LabelsWriter(result.output_path, "labels", overwrite=True) as writer:
         probabilities = writer.read(key)
-        if method == "watershed":
+        if not POSTPROCESSORS.get(method).blockwise:
             whole = np.asarray(probabilities[...], dtype=np.float32)
             if scale != 1.0:
                 whole /= np.float32(scale)
@@ -447,7 +419,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.architectures:
         run_architecture_sweep(shape=tuple(int(s) for s in args.shape.split(",")), seed=args.seed)
         return 0
-    result = run_demo(args.output, data=args.data, steps=args.steps, seed=args.seed)
+    given = {k: v for k, v in (("output_dir", args.output), ("steps", args.steps)) if v is not None}
+    result = run_demo(data=args.data, seed=args.seed, **given)
     print(f"foreground IoU {result.scores['iou']:.3f}  Dice {result.scores['dice']:.3f}")
     print(f"outputs: {result.output_dir} (prediction.zarr, overlay.png, scores.json, runs/)")
     if args.gui:

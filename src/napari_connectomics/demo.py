@@ -90,7 +90,7 @@ def run_demo(output_dir: str | Path = "outputs/demo", data: str | None = None, s
     logger.info("Trained %d steps in %.0f s", result.global_step, time.perf_counter() - start)
 
     prediction_path = output_dir / "prediction.zarr"
-    predicted = predict(checkpoint, test_image, PredictOptions(overlap=0.25), output=prediction_path, overwrite=True)
+    predicted = predict(checkpoint, test_image, PredictOptions(), output=prediction_path, overwrite=True)
     probabilities = np.asarray(predicted.probabilities[:], dtype=np.float32)
     if probabilities.max() > 1.0:  # stored as uint8 0-255
         probabilities /= 255.0

@@ -3,10 +3,9 @@
 from .errors import ConfigError
 from .io import as_config, config_to_yaml, default_config, load_config, save_config
 from .schema import ConnectomicsConfig
-from .validation import LOSS_NAMES, default_patch_size, effective_input_size, resolve_config, validate_config
+from .validation import default_patch_size, effective_input_size, resolve_config, validate_config
 
 __all__ = [
-    "LOSS_NAMES",
     "ConfigError",
     "ConnectomicsConfig",
     "as_config",

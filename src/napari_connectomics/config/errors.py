@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from typing import Any
+
+from ..registry import closest
 
 __all__ = ["ConfigError", "closest"]
 
@@ -21,15 +22,6 @@ class ConfigError(ValueError):
             if expected:
                 message += f"; {expected}"
         super().__init__(message)
-
-
-def closest(name: str, candidates: Iterable[str], cutoff: float = 0.7) -> str | None:
-    """The candidate nearest to a misspelt name (case-insensitive), if any is reasonably close."""
-    by_lower = {str(c).lower(): str(c) for c in candidates}
-    if name.lower() in by_lower:
-        return by_lower[name.lower()]
-    matches = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=cutoff)
-    return by_lower[matches[0]] if matches else None
 
 
 def format_choices(choices: Iterable[Any]) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..registry import POSTPROCESSORS, TARGETS
+
 __all__ = [
     "AugmentationConfig",
     "CheckpointConfig",
@@ -95,7 +97,8 @@ class ModelConfig:
     # Deep supervision (MedNeXt).
     deep_supervision: bool = knob(False, "extra outputs at 1/2..1/16 resolution, each with its own loss")
     deep_supervision_weights: Optional[list[float]] = knob(
-        None, "loss weight per scale, full resolution first; default [1, 1/2, 1/4, 1/8, 1/16] normalised")
+        None, "loss weight per scale, full resolution first; default halving per scale (1, 1/2, 1/4, ...), "
+        "normalised")
 
     # MedNeXt (the plan's names).
     mednext_size: str = knob("S", "MedNeXt preset size", choices=("S", "B", "M", "L"))
@@ -115,7 +118,7 @@ class ModelConfig:
                              choices=("ours", "official"))
 
     # Loss (kept in the model section, as in the plan).
-    loss_functions: list[str] = knob(["DiceLoss"], "losses summed for training")
+    loss_functions: list[str] = knob(["DiceLoss"], "losses summed for training (registered loss names)")
     loss_weights: list[float] = knob([1.0], "weight of each loss in loss_functions")
 
 
@@ -154,8 +157,8 @@ class DataConfig:
     samples_per_epoch: int = knob(200, "random patches drawn per training epoch", minimum=1)
     label_mode: str = knob("dense", "dense: 0 is background; sparse: 0 is unannotated, 1 background, 2.. classes",
                            choices=("dense", "sparse"))
-    target: str = knob("binary", "what the network learns from the labels",
-                       choices=("binary", "semantic", "instance"))
+    target: str = knob("binary", "what the network learns from the labels (a registered target)",
+                       choices=TARGETS)
     foreground_sampling: str = knob("balanced", "how patches are chosen so sparse objects are seen",
                                     choices=("none", "rejection", "balanced"))
     foreground_ratio: float = knob(0.5, "share of patches centred on foreground", minimum=0.0, maximum=1.0)
@@ -220,10 +223,12 @@ class InferenceConfig:
     tta: bool = knob(False, "test-time augmentation with flips (and in-plane rot90)")
     device: str = knob("auto", "device for the windows", choices=("auto", "cpu", "cuda", "gpu", "mps"))
     threshold: float = knob(0.5, "foreground probability threshold", minimum=0.0, maximum=1.0)
-    instances: str = knob("none", "instance post-processing", choices=("none", "cc", "watershed"))
+    instances: str = knob("none", "post-processing (a registered post-processor)", choices=POSTPROCESSORS)
     min_size: int = knob(0, "objects smaller than this (voxels) are removed", minimum=0)
     output_dtype: str = knob("float16", "stored probabilities", choices=("float16", "uint8", "float32"))
     block_size: Optional[list[int]] = knob(None, "block size for volumes larger than memory, z-y-x")
+    memory_limit_mb: int = knob(4096, "memory for one prediction: larger volumes (and each automatic block) "
+                                "are planned to fit it", minimum=1)
 
 
 @dataclass

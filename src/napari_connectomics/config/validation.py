@@ -1,8 +1,9 @@
 """Checks a merged config: declared choices and ranges first, then the rules that span fields.
 
-Cross-field rules that depend on the architecture (required size multiple, fixed input size, 2D
-support, deep supervision) come from the architecture registry, which stays free of torch so that
-validating a config is cheap enough for the napari widgets.
+Rules that depend on a chosen name come from that name's registry entry (``registry.py``): an
+architecture's spec checks sizes, dimensions and its own options; a target checks the output
+channels. The registries are torch-free, so validating a config stays cheap enough for the napari
+widgets, and this module imports nothing above ``config/``.
 """
 
 from __future__ import annotations
@@ -13,16 +14,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..registry import ARCHITECTURES, LOSSES, TARGETS, NamedRegistry
 from .errors import ConfigError, closest, format_choices
 from .schema import ConnectomicsConfig
 
-__all__ = ["LOSS_NAMES", "default_patch_size", "effective_input_size", "resolve_config", "validate_config"]
-
-# Names accepted in model.loss_functions; the loss registry of the training layer implements them.
-LOSS_NAMES = ("DiceLoss", "CrossEntropyLoss", "BCEWithLogitsLoss", "DiceCELoss", "FocalLoss", "TverskyLoss")
-
-MEDNEXT_ARCHITECTURES = ("mednext", "mednext_custom")
-MEDNEXT_KERNELS = (3, 5, 7)
+__all__ = ["default_patch_size", "effective_input_size", "resolve_config", "validate_config"]
 
 
 def default_patch_size(spatial_dims: int) -> list[int]:
@@ -97,91 +93,36 @@ def _check_bounds(key: str, value: Any, minimum: float | None, maximum: float | 
 
 
 def _check_model(cfg: DictConfig) -> None:
-    from ..models.architectures.registry import get_architecture_spec, list_architectures
-
     model = cfg.model
-    names = list_architectures()
-    if model.architecture not in names:
-        hint = closest(model.architecture, names)
-        expected = f"choose one of {', '.join(names)}"
-        if hint:
-            expected += f" (did you mean {hint}?)"
-        raise ConfigError("model.architecture", model.architecture, expected)
-    spec = get_architecture_spec(model.architecture)
-
-    if model.spatial_dims not in spec.spatial_dims:
-        raise ConfigError("model.spatial_dims", model.spatial_dims,
-                          f"{spec.name} supports {format_choices(spec.spatial_dims)}")
-    if model.architecture in MEDNEXT_ARCHITECTURES:
-        if model.kernel_size not in MEDNEXT_KERNELS:
-            raise ConfigError("model.kernel_size", model.kernel_size,
-                              f"MedNeXt kernels: choose one of {format_choices(MEDNEXT_KERNELS)}")
-    elif model.kernel_size % 2 == 0:
+    spec = _registered(ARCHITECTURES, "model.architecture", model.architecture)
+    spec.check(cfg)
+    if model.kernel_size % 2 == 0:
         raise ConfigError("model.kernel_size", model.kernel_size, "use an odd kernel size such as 3 or 5")
-    if model.deep_supervision and not spec.deep_supervision:
-        with_ds = [n for n in names if get_architecture_spec(n).deep_supervision]
-        raise ConfigError("model.deep_supervision", True,
-                          f"{spec.name} has no deep-supervision outputs; architectures with it: {', '.join(with_ds)}")
-    if model.deep_supervision_weights is not None:
-        weights = list(model.deep_supervision_weights)
-        if not weights or len(weights) > spec.output_scales or any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise ConfigError("model.deep_supervision_weights", weights,
-                              f"give 1 to {spec.output_scales} non-negative weights, full resolution first")
-
-    exp_r = model.mednext_exp_r
-    exp_list = list(exp_r) if OmegaConf.is_list(exp_r) else [exp_r]
-    if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in exp_list) or (
-        OmegaConf.is_list(exp_r) and len(exp_list) != 9
-    ):
-        raise ConfigError("model.mednext_exp_r", _plain(exp_r), "give a positive int or a list of 9 positive ints")
-    counts = list(model.mednext_block_counts)
-    if len(counts) != 9 or any(c < 1 for c in counts):
-        raise ConfigError("model.mednext_block_counts", counts, "give 9 positive ints (one per stage)")
     if len(model.filters) < 2 or any(f < 1 for f in model.filters):
         raise ConfigError("model.filters", list(model.filters), "give at least 2 positive channel counts")
 
     losses = list(model.loss_functions)
     if not losses:
-        raise ConfigError("model.loss_functions", losses, f"name at least one of {', '.join(LOSS_NAMES)}")
+        raise ConfigError("model.loss_functions", losses, f"name at least one of {', '.join(LOSSES)}")
     for i, name in enumerate(losses):
-        if name not in LOSS_NAMES:
-            hint = closest(name, LOSS_NAMES)
-            expected = f"choose from {', '.join(LOSS_NAMES)}" + (f" (did you mean {hint}?)" if hint else "")
-            raise ConfigError(f"model.loss_functions[{i}]", name, expected)
+        _registered(LOSSES, f"model.loss_functions[{i}]", name)
     if len(model.loss_weights) != len(losses):
         raise ConfigError("model.loss_weights", list(model.loss_weights),
                           f"give one weight per loss ({len(losses)} for {losses})")
 
 
-def _check_sizes(cfg: DictConfig) -> None:
-    """Patch, input and window sizes: right length, and what the architecture can take."""
-    from ..models.architectures.registry import get_architecture_spec
+def _registered(registry: NamedRegistry, key: str, name: Any) -> Any:
+    """The registry entry of ``name``, or a ConfigError naming ``key`` and the registered names."""
+    if name in registry:
+        return registry.get(name)
+    names = registry.names()
+    hint = closest(str(name), names)
+    expected = f"choose one of {', '.join(names)}" + (f" (did you mean {hint}?)" if hint else "")
+    raise ConfigError(key, name, expected)
 
-    spec = get_architecture_spec(cfg.model.architecture)
-    dims = cfg.model.spatial_dims
-    multiple = spec.size_multiple_for(cfg.model)
-    axes = "z, y, x" if dims == 3 else "y, x"
-    sized = [("data.patch_size", cfg.data.patch_size)]
-    if cfg.model.input_size is not None:
-        sized.append(("model.input_size", cfg.model.input_size))
-    if cfg.inference.window_size is not None:
-        sized.append(("inference.window_size", cfg.inference.window_size))
-    for key, size in sized:
-        size = list(size)
-        if len(size) != dims:
-            raise ConfigError(key, size, f"give {dims} sizes ({axes}) for model.spatial_dims={dims}")
-        if any(s < 1 for s in size):
-            raise ConfigError(key, size, "sizes must be positive")
-        if multiple > 1 and any(s % multiple for s in size):
-            fixed = [max(multiple, round(s / multiple) * multiple) for s in size]
-            raise ConfigError(key, size, f"{spec.name} needs every size to be a multiple of {multiple}, e.g. {fixed}")
-        if spec.min_voxels_at_bottom > 1 and math.prod(s // spec.bottom_factor for s in size) < spec.min_voxels_at_bottom:
-            raise ConfigError(key, size, f"{spec.name} needs more than one voxel at its bottleneck; "
-                              f"make at least one size {2 * spec.bottom_factor} or more")
-    if spec.fixed_input_size and cfg.inference.window_size is not None:
-        if list(cfg.inference.window_size) != effective_input_size(cfg):
-            raise ConfigError("inference.window_size", list(cfg.inference.window_size),
-                              f"{spec.name} takes a fixed input size; use {effective_input_size(cfg)} or leave it unset")
+
+def _check_sizes(cfg: DictConfig) -> None:
+    """Sizes every architecture shares; the architecture's own size rules are in its spec."""
     if cfg.inference.block_size is not None and len(cfg.inference.block_size) != 3:
         raise ConfigError("inference.block_size", list(cfg.inference.block_size), "give 3 sizes (z, y, x)")
     if len(cfg.data.voxel_size) != 3 or any(v <= 0 for v in cfg.data.voxel_size):
@@ -189,12 +130,7 @@ def _check_sizes(cfg: DictConfig) -> None:
 
 
 def _check_training(cfg: DictConfig) -> None:
-    target, out = cfg.data.target, cfg.model.out_channels
-    if target == "binary" and out not in (1, 2):
-        raise ConfigError("model.out_channels", out, "a binary target needs 1 (sigmoid) or 2 (softmax) channels")
-    if target == "instance" and out != 3:
-        raise ConfigError("model.out_channels", out, "the instance target predicts background, interior and "
-                          "contour: set model.out_channels=3")
+    _registered(TARGETS, "data.target", cfg.data.target).check(cfg)
     betas = list(cfg.optimizer.betas)
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
         raise ConfigError("optimizer.betas", betas, "give two numbers in [0, 1)")

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .conventions import IGNORE_INDEX
-from .normalize import NORMALIZATION_MODES, IntensityStats, intensity_stats, normalize_intensity
+from .normalize import NORMALIZATION_MODES, IntensityStats, intensity_stats, read_normalized
 from .targets import LABEL_MODES, TARGETS, labels_to_classes
 from .volumes import Volume, open_volume
 
@@ -162,16 +162,8 @@ class _Source:
     def read_image(self, start: Start, size: Start) -> np.ndarray:
         """Normalised float32 (C, z, y, x) patch; beyond the region the image is reflected."""
         inner, pads = self._clip(start, size)
-        index = ((slice(None),) if self.channels else ()) + self._spatial_index(inner)
-        image = self.image[index]
-        if self.is_2d:
-            image = np.expand_dims(image, -3)
-        if not self.channels:
-            image = image[None]
-        if self.stats is None:
-            image = image.astype(np.float32)
-        else:
-            image = normalize_intensity(image, self.normalize, self.stats)
+        image = read_normalized(self.image, self._spatial_index(inner), has_channels=self.channels,
+                                flat=self.is_2d, mode=self.normalize, stats=self.stats)
         return _pad_reflect(image, pads)
 
     def read_classes(self, start: Start, size: Start) -> np.ndarray:
@@ -181,7 +173,7 @@ class _Source:
         faces are the same as in the whole volume.
         """
         inner, pads = self._clip(start, size)
-        margin = 1 if self.target == "instance" else 0
+        margin = TARGETS.get(self.target).margin
         read = (inner[0], *(_widen(axis, margin, lim) for axis, lim in zip(inner[1:], self.region[1:])))
         classes = labels_to_classes(self._read_label(read), self.label_mode, self.target)
         crop = tuple(slice(a - r, b - r) for (a, b), (r, _) in zip(inner, read))

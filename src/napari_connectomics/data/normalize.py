@@ -25,12 +25,14 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .volumes import Volume
 
-__all__ = ["NORMALIZATION_MODES", "IntensityStats", "intensity_stats", "normalize_intensity"]
+__all__ = ["NORMALIZATION_MODES", "IntensityStats", "intensity_stats", "normalize_intensity",
+           "read_normalized"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,3 +147,41 @@ def _affine_for(mode: str, stats: IntensityStats) -> tuple[float, float, bool]:
         "zscore": (stats.mean, stats.std, False),
     }[mode]
     return offset, (scale if scale > 0 and math.isfinite(scale) else 1.0), clip
+
+
+def read_normalized(volume: Any, index: Sequence[slice], *, has_channels: bool, flat: bool,
+                    mode: str, stats: IntensityStats | None, copy: bool = True) -> np.ndarray:
+    """``volume[index]`` as normalised float32 (C, z, y, x): the one way training patches and
+    prediction windows are read, so both see the same values.
+
+    ``index`` is spatial (y, x for a ``flat`` 2D section, which gets z = 1); a volume without
+    ``has_channels`` gets C = 1. ``stats`` None only casts (``copy`` False may then return the
+    volume's own memory for float32 data)."""
+    data = volume[((slice(None),) if has_channels else ()) + tuple(index)]
+    if flat:
+        data = np.expand_dims(data, -3)
+    if not has_channels:
+        data = data[None]
+    if stats is None:
+        return data.astype(np.float32, copy=copy)
+    return _normalized_in_torch(data, mode, stats)
+
+
+_TORCH_NORMALISED = {np.dtype(t) for t in (np.uint8, np.int8, np.int16, np.int32, np.int64,
+                                            np.float16, np.float32, np.float64)}
+
+
+def _normalized_in_torch(data: np.ndarray, mode: str, stats: IntensityStats) -> np.ndarray:
+    """``normalize_intensity(data, mode, stats)`` computed in one float32 buffer by torch (all
+    cores, no full-size temporaries): the same float32 operations in the same order, so the same
+    values. Other dtypes and modes go through ``normalize_intensity`` itself."""
+    if mode not in ("minmax", "percentile", "zscore") or data.dtype not in _TORCH_NORMALISED:
+        return normalize_intensity(data, mode, stats)
+    import torch  # only here: napari imports this module at start-up
+
+    offset, scale, clip = _affine_for(mode, stats)
+    image = torch.from_numpy(np.ascontiguousarray(data)).to(torch.float32, copy=True)
+    image.sub_(float(np.float32(offset))).mul_(float(np.float32(1.0 / scale)))
+    if clip:
+        image.clamp_(0.0, 1.0)
+    return image.numpy()

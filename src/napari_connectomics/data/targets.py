@@ -23,8 +23,15 @@ one-voxel margin in y and x, convert, then crop the margin off.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
+from ..config.errors import ConfigError
+from ..config.schema import DataConfig
+from ..registry import TARGETS
 from .conventions import IGNORE_INDEX
 
 __all__ = [
@@ -33,13 +40,14 @@ __all__ = [
     "INSTANCE_INTERIOR",
     "LABEL_MODES",
     "TARGETS",
+    "TargetSpec",
     "instance_contours",
     "labels_to_classes",
     "num_classes",
+    "register_target",
 ]
 
-TARGETS = ("binary", "semantic", "instance")
-LABEL_MODES = ("dense", "sparse")
+LABEL_MODES: tuple[str, ...] = DataConfig.__dataclass_fields__["label_mode"].metadata["choices"]
 
 # The classes of the instance target, for decoders (watershed) and plots.
 INSTANCE_BACKGROUND, INSTANCE_INTERIOR, INSTANCE_CONTOUR = 0, 1, 2
@@ -57,18 +65,15 @@ def labels_to_classes(
     channel) are carried along. Instance contours use the last two (in-plane) axes.
     """
     _check_choice("label_mode", label_mode, LABEL_MODES)
-    _check_choice("target", target, TARGETS)
+    spec = TARGETS.get(target)
     labels = _as_label_array(labels)
     if spatial_dims not in (2, 3) or labels.ndim < spatial_dims:
         raise ValueError(f"spatial_dims must be 2 or 3 and at most the labels' {labels.ndim} axes, "
                          f"got {spatial_dims}")
     sparse = label_mode == "sparse"
-    if target == "binary":
-        classes = (labels >= (2 if sparse else 1)).astype(np.int64)
-    elif target == "semantic":
-        classes = labels.astype(np.int64) - (1 if sparse else 0)
-    else:
-        classes = _instance_classes(np.where(labels >= 2, labels, 0) if sparse else labels)
+    # Sparse labels count from 1 (background); shift them to the dense convention first.
+    dense = np.where(labels >= 1, labels.astype(np.int64) - 1, 0) if sparse else labels
+    classes = spec.to_classes(dense)
     if sparse:
         classes[labels == 0] = IGNORE_INDEX
     return classes
@@ -104,24 +109,89 @@ def instance_contours(instances: np.ndarray, spatial_dims: int = 2) -> np.ndarra
 
 
 def num_classes(target: str, labels: np.ndarray | None = None, label_mode: str = "dense") -> int:
-    """Output channels a network needs for ``target``: binary 2, instance 3, semantic the largest
-    class index in ``labels`` plus one (IGNORE_INDEX is never a class)."""
-    _check_choice("target", target, TARGETS)
+    """Output channels a network needs for ``target`` (IGNORE_INDEX is never a class)."""
     _check_choice("label_mode", label_mode, LABEL_MODES)
-    if target == "binary":
-        return 2
-    if target == "instance":
-        return _INSTANCE_CLASSES
+    spec = TARGETS.get(target)
+    if spec.classes is not None:
+        return spec.classes
     if labels is None:
-        raise ValueError("num_classes('semantic') needs the labels to count the classes; pass labels=")
+        raise ValueError(f"num_classes({target!r}) needs the labels to count the classes; pass labels=")
     labels = _as_label_array(labels)
     largest = int(labels.max()) if labels.size else 0
-    if label_mode == "dense":
-        return largest + 1
-    if largest == 0:
+    if label_mode == "sparse" and largest == 0:
         raise ValueError("the sparse labels hold no annotated voxel (all 0); "
                          "paint background (1) and classes (2..)")
-    return largest  # sparse: classes are label - 1, so the largest index is largest - 1
+    return spec.count_classes(largest, label_mode)
+
+
+# --------------------------------------------------------------------------------------------------
+# The target registry
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TargetSpec:
+    """What a target is: how dense labels become class indices, and how many classes it needs.
+
+    to_classes: dense labels (0 background) -> int64 class indices (sparse labels are shifted to the
+        dense convention before, and their unannotated voxels ignored after).
+    classes: fixed number of output classes, or None when counted from the labels.
+    one_channel_ok: a single sigmoid channel may stand for classes 0/1 (binary targets).
+    margin: in-plane voxels to read around a patch so that to_classes is right at its faces.
+    channel_layout: how post-processing reads the predicted channels (binary, instance, semantic).
+    """
+
+    name: str
+    to_classes: Callable[[np.ndarray], np.ndarray]
+    classes: int | None
+    channel_layout: str
+    description: str = ""
+    one_channel_ok: bool = False
+    margin: int = 0
+
+    def count_classes(self, largest_label: int, label_mode: str) -> int:
+        """Output classes for labels whose largest value is ``largest_label``."""
+        if self.classes is not None:
+            return self.classes
+        return largest_label if label_mode == "sparse" else largest_label + 1  # sparse: classes are label - 1
+
+    def check(self, cfg: Any) -> None:
+        """``model.out_channels`` must fit this target."""
+        out = cfg.model.out_channels
+        if self.classes is None:
+            return
+        valid = (1, self.classes) if self.one_channel_ok else (self.classes,)
+        if out not in valid:
+            what = f"{self.name} target ({self.description})" if self.description else f"{self.name} target"
+            options = " or ".join(str(v) for v in valid)
+            raise ConfigError("model.out_channels", out,
+                              f"the {what} needs {options} output channels: set model.out_channels={valid[-1]}")
+
+
+def register_target(name: str, **spec: Any) -> Callable[[Callable[[np.ndarray], np.ndarray]], Any]:
+    """Decorator: register ``to_classes(dense_labels) -> classes`` as target ``name``; keyword
+    arguments are the other fields of :class:`TargetSpec`."""
+
+    def decorator(to_classes: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+        TARGETS.register(name)(TargetSpec(name=name, to_classes=to_classes, **spec))
+        return to_classes
+
+    return decorator
+
+
+@register_target("binary", classes=2, one_channel_ok=True, channel_layout="binary",
+                 description="background / foreground")
+def _binary_classes(labels: np.ndarray) -> np.ndarray:
+    return (labels >= 1).astype(np.int64)
+
+
+@register_target("semantic", classes=None, channel_layout="semantic", description="one class per label value")
+def _semantic_classes(labels: np.ndarray) -> np.ndarray:
+    return labels.astype(np.int64)
+
+
+@register_target("instance", classes=_INSTANCE_CLASSES, channel_layout="instance", margin=1,
+                 description="background, interior and contour, for a watershed")
+def _instance_target(labels: np.ndarray) -> np.ndarray:
+    return _instance_classes(labels)
 
 
 def _as_label_array(labels: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ same way everywhere (see DESIGN.md, "Command line"): ``file.h5:dataset``, ``file
 :class:`Volume` reads only what is indexed, so volumes far larger than RAM work, and it pickles
 without file handles, so PyTorch DataLoader workers (fork or spawn) reopen the file themselves.
 
-napari imports this module at start-up: h5py, zarr and tifffile are imported only when a file of
+Writing is :mod:`.volume_io`'s job. napari imports this module at start-up: h5py, zarr and tifffile are imported only when a file of
 their kind is opened, and nothing here imports torch, monai or Qt.
 """
 
@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .volume_io import HDF5_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIXES
+
 __all__ = [
     "SUPPORTED_FORMATS",
     "Volume",
@@ -33,9 +35,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
-_ZARR_SUFFIXES = (".zarr",)
-_TIFF_SUFFIXES = (".tif", ".tiff")
+_HDF5_SUFFIXES = HDF5_SUFFIXES
+_ZARR_SUFFIXES = ZARR_SUFFIXES
+_TIFF_SUFFIXES = TIFF_SUFFIXES
 _NPY_SUFFIXES = (".npy",)
 _ALL_SUFFIXES = _HDF5_SUFFIXES + _ZARR_SUFFIXES + _TIFF_SUFFIXES + _NPY_SUFFIXES
 _ZARR_METADATA = ("zarr.json", ".zarray", ".zgroup")

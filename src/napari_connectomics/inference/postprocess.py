@@ -42,7 +42,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import product
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -56,16 +56,17 @@ from skimage.segmentation import relabel_sequential, watershed
 
 from ..data.targets import INSTANCE_CONTOUR, INSTANCE_INTERIOR
 from ..progress import Progress, ProgressCallback, emit
-from ..registry import NamedRegistry
+from ..registry import POSTPROCESSORS
+from .postprocessors import blockwise_postprocessors, get_postprocessor_spec, register_postprocessor
 
 __all__ = [
-    "BLOCKWISE_METHODS",
     "CHANNEL_LAYOUTS",
     "POSTPROCESSORS",
     "PredictionMaps",
     "connected_components",
     "decode_channels",
     "fill_holes",
+    "foreground_mask",
     "get_postprocessor",
     "label_blockwise",
     "list_postprocessors",
@@ -83,7 +84,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-POSTPROCESSORS = ("none", "cc", "watershed")  # the built-ins (config: inference.instances)
 CHANNEL_LAYOUTS = ("binary", "instance", "semantic")
 
 _UINT16_MAX = int(np.iinfo(np.uint16).max)
@@ -373,53 +373,21 @@ def decode_channels(
     raise ValueError(f"channel_layout {channel_layout!r} needs {expected} channels; got {channels}")
 
 
-class Postprocessor(Protocol):
-    """``(maps, *, threshold, min_size) -> label or class volume``."""
-
-    def __call__(self, maps: PredictionMaps, *, threshold: float, min_size: int) -> np.ndarray: ...
-
-
-_P = TypeVar("_P", bound=Callable[..., np.ndarray])
-_REGISTRY: NamedRegistry[Postprocessor] = NamedRegistry("post-processor")
-
-
-def register_postprocessor(name: str) -> Callable[[_P], _P]:
-    """Decorator: register a :class:`Postprocessor` under ``name``; a name cannot be taken twice."""
-
-    return _REGISTRY.register(name)  # type: ignore[return-value]
-
-
-def list_postprocessors() -> list[str]:
-    """All registered post-processor names, sorted."""
-    return _REGISTRY.names()
-
-
-def get_postprocessor(name: str) -> Postprocessor:
-    """The post-processor registered under ``name``; the error lists the available names."""
-    return _REGISTRY.get(name)
-
-
-@register_postprocessor("none")
-def _no_instances(maps: PredictionMaps, *, threshold: float, min_size: int) -> np.ndarray:
-    """The uint8 0/1 foreground mask, or the class map of semantic outputs (``min_size`` unused)."""
+def foreground_mask(maps: PredictionMaps, threshold: float) -> np.ndarray:
+    """The uint8 0/1 foreground mask, or the class map of semantic outputs (argmax: no threshold)."""
     if maps.classes is not None:
         return maps.classes
     return _above(maps.foreground, threshold).astype(np.uint8)
 
 
-@register_postprocessor("cc")
-def _cc_instances(maps: PredictionMaps, *, threshold: float, min_size: int) -> np.ndarray:
-    """Connected components of the mask (of each class separately for semantic outputs)."""
-    mask = maps.classes if maps.classes is not None else _above(maps.foreground, threshold)
-    return connected_components(mask, min_size=min_size)
+def list_postprocessors() -> list[str]:
+    """All registered post-processor names, sorted (see :mod:`.postprocessors`)."""
+    return POSTPROCESSORS.names()
 
 
-@register_postprocessor("watershed")
-def _watershed_instances(maps: PredictionMaps, *, threshold: float, min_size: int) -> np.ndarray:
-    """Seeded watershed, with interior seeds when the layout has a contour channel."""
-    return watershed_instances(
-        maps.foreground, contour=maps.contour, threshold=threshold, min_size=min_size
-    )
+def get_postprocessor(name: str) -> Callable[..., np.ndarray]:
+    """The post-processor registered under ``name``; the error lists the available names."""
+    return get_postprocessor_spec(name)
 
 
 def watershed_bytes(shape: Sequence[int], channels: int) -> int:
@@ -652,9 +620,6 @@ def _apply_lookup(
 # --------------------------------------------------------------------------------------------------
 # Stored probabilities, block by block
 # --------------------------------------------------------------------------------------------------
-BLOCKWISE_METHODS = ("none", "cc")  # the watershed needs context across blocks: whole volumes only
-
-
 class _StoredMaps:
     """The mask (or, for semantic layouts, the class map) of stored probabilities, decoded block
     by block on demand: an array-like for :func:`label_blockwise` and block loops."""
@@ -706,8 +671,8 @@ def postprocess_blockwise(
     """
     _check_unit("threshold", threshold)
     _check_min_size(min_size)
-    if method not in BLOCKWISE_METHODS:
-        known = ", ".join(BLOCKWISE_METHODS)
+    if method not in blockwise_postprocessors():
+        known = ", ".join(blockwise_postprocessors())
         raise ValueError(f"post-processing {method!r} has no block-wise form (only {known}); "
                          "load a region that fits in memory and use postprocess()")
     maps = _StoredMaps(probabilities, channel_layout, threshold, value_scale)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,24 @@ from typing import Any
 
 import numpy as np
 
+from ..config.schema import InferenceConfig
+from ..data.volume_io import (
+    HDF5_SUFFIXES,
+    ZARR_SUFFIXES,
+    close_container,
+    create_array,
+    create_container,
+    delete_array,
+    exists,
+    move_array,
+    open_container,
+    partial_sibling,
+    remove,
+    replace_path,
+)
+from ..data.volume_io import (
+    open_array as open_stored_array,
+)
 from ..data.volumes import parse_volume_path
 
 __all__ = [
@@ -49,9 +66,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_ARRAY = "probabilities"
-OUTPUT_DTYPES = ("float16", "uint8", "float32")
-_ZARR_SUFFIXES = (".zarr",)
-_HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+_DTYPE_FIELD = InferenceConfig.__dataclass_fields__["output_dtype"]
+OUTPUT_DTYPES = tuple(c for c in _DTYPE_FIELD.metadata["choices"] if c is not None)  # the schema's
 _CHUNK_TARGET = (32, 128, 128)  # z, y, x: about 1 MB of float16 per channel
 
 
@@ -68,16 +84,16 @@ class OutputSpec:
 
     def sibling(self, tag: str) -> Path:
         """A hidden temporary name beside the output (same folder, so a rename is atomic)."""
-        return self.path.with_name(f".{self.path.name}.{tag}-{os.getpid()}")
+        return partial_sibling(self.path, tag)
 
 
 def parse_output(spec: str | os.PathLike, default_key: str = DEFAULT_ARRAY) -> OutputSpec:
     """``pred.zarr[:key]`` / ``pred.h5[:key]`` -> :class:`OutputSpec` (one-line error otherwise)."""
     path, key = parse_volume_path(spec)
     suffix = path.suffix.lower()
-    if suffix in _ZARR_SUFFIXES:
+    if suffix in ZARR_SUFFIXES:
         kind = "zarr"
-    elif suffix in _HDF5_SUFFIXES:
+    elif suffix in HDF5_SUFFIXES:
         kind = "hdf5"
     else:
         raise ValueError(f"cannot write a prediction to {os.fsdecode(spec)}: name a Zarr store or "
@@ -87,7 +103,7 @@ def parse_output(spec: str | os.PathLike, default_key: str = DEFAULT_ARRAY) -> O
 
 def check_output(spec: OutputSpec, overwrite: bool) -> None:
     """Refuse an existing output unless ``overwrite`` (checked before any work starts)."""
-    if _exists(spec.path) and not overwrite:
+    if exists(spec.path) and not overwrite:
         raise ValueError(f"{spec.path} already exists; pass overwrite=True (--overwrite) to "
                          "replace it, or choose another output path")
 
@@ -146,7 +162,7 @@ class OutputWriter:
         self._file: Any = None
         self._array: Any = None
         spec.path.parent.mkdir(parents=True, exist_ok=True)
-        _remove(self.temporary)
+        remove(self.temporary)
         attributes = {"axes": "czyx", "dtype": str(self.dtype),
                       "scale": 255 if self.dtype == np.uint8 else 1, **dict(attrs or {})}
         create = _create_zarr_array if spec.kind == "zarr" else _create_hdf5_dataset
@@ -173,17 +189,17 @@ class OutputWriter:
     def commit(self) -> Path:
         """Close and move the finished output into place (replacing an old one only now)."""
         self._close()
-        if _exists(self.spec.path) and not self.overwrite:  # appeared while we were running
+        if exists(self.spec.path) and not self.overwrite:  # appeared while we were running
             self.abort()
             check_output(self.spec, self.overwrite)
-        _replace(self.temporary, self.spec.path)
+        replace_path(self.temporary, self.spec.path)
         logger.info("wrote %s", self.spec)
         return self.spec.path
 
     def abort(self) -> None:
         """Remove the partial output; the final path is left as it was."""
         self._close()
-        _remove(self.temporary)
+        remove(self.temporary)
 
     def open_result(self) -> Any:
         """The committed array, opened read-only (a zarr.Array or an h5py.Dataset)."""
@@ -211,9 +227,7 @@ class ZarrSink:
     dtype: str
 
     def write(self, region: Sequence[slice], probabilities: np.ndarray) -> None:
-        import zarr
-
-        array = zarr.open_array(self.path, mode="r+", path=self.key)
+        array = open_stored_array(Path(self.path), self.key, "zarr", mode="r+")
         array[(slice(None), *region)] = to_storage(probabilities, self.dtype)
 
 
@@ -226,13 +240,7 @@ def open_output(path_spec: str | os.PathLike, shape: Sequence[int], dtype: str =
 
 def open_array(spec: OutputSpec) -> Any:
     """A stored array, read-only: zarr.Array, or h5py.Dataset (its file stays open)."""
-    if spec.kind == "zarr":
-        import zarr
-
-        return zarr.open_array(str(spec.path), mode="r", path=spec.key)
-    import h5py
-
-    return h5py.File(spec.path, "r")[spec.key]
+    return open_stored_array(spec.path, spec.key, spec.kind)
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,14 +274,14 @@ def write_labels(path_spec: str | os.PathLike, labels: Any, name: str = "labels"
     data = np.asarray(labels)
     data = data.astype(labels_dtype(data), copy=False)
     target = OutputSpec(spec.path, name, spec.kind)
-    if not _exists(spec.path):
+    if not exists(spec.path):
         fresh = target.sibling("partial")
-        _remove(fresh)
+        remove(fresh)
         try:
             _write_array(fresh, target, data, overwrite=False)
-            _replace(fresh, spec.path)
+            replace_path(fresh, spec.path)
         except BaseException:
-            _remove(fresh)
+            remove(fresh)
             raise
     else:
         _write_array(spec.path, target, data, overwrite)
@@ -297,12 +305,12 @@ class LabelsWriter:
     def __init__(self, path_spec: str | os.PathLike, name: str = "labels",
                  overwrite: bool = False) -> None:
         spec = parse_output(path_spec, default_key=name)
-        if not _exists(spec.path):
+        if not exists(spec.path):
             raise ValueError(f"{spec.path} does not exist; write the prediction first")
         self.container, self.kind, self.name = spec.path, spec.kind, name
         self._made: list[str] = []
         self._final: str | None = None
-        self._handle: Any = _open_container(spec.path, spec.kind)
+        self._handle: Any = open_container(spec.path, spec.kind)
         try:
             _refuse_existing(spec.path, name, name in self._handle and not overwrite)
         except BaseException:
@@ -325,16 +333,9 @@ class LabelsWriter:
         key = f"{self.name}.{tag}-{os.getpid()}"
         shape, dtype = tuple(int(n) for n in shape), np.dtype(dtype)
         chunks = _label_chunks(shape)
-        if key in self._handle:
-            del self._handle[key]
+        delete_array(self._handle, key)
         self._made.append(key)
-        if self.kind == "zarr":
-            array = self._handle.create_array(key, shape=shape, dtype=dtype, chunks=chunks,
-                                              fill_value=0, overwrite=True)
-        else:
-            array = self._handle.create_dataset(key, shape=shape, dtype=dtype, chunks=chunks,
-                                                fillvalue=0, compression="gzip",
-                                                compression_opts=1)
+        array = _create_labels_array(self._handle, key, shape, dtype, chunks)
         if final:
             self._final = key
         return array
@@ -344,14 +345,10 @@ class LabelsWriter:
         if self._final is None:
             raise ValueError("nothing to commit: create the labels array first")
         for key in self._made:
-            if key != self._final and key in self._handle:
-                del self._handle[key]
-        if self.name in self._handle:
-            del self._handle[self.name]
-        if self.kind == "zarr":
-            os.rename(self.container / self._final, self.container / self.name)
-        else:
-            self._handle.move(self._final, self.name)
+            if key != self._final:
+                delete_array(self._handle, key)
+        delete_array(self._handle, self.name)
+        move_array(self._handle, self._final, self.name, self.container)
         self._made, self._final = [], None
         self._close()
         logger.info("wrote %s:%s", self.container, self.name)
@@ -361,14 +358,12 @@ class LabelsWriter:
         """Remove every array made here; ``name`` is left as it was."""
         if self._handle is not None:
             for key in self._made:
-                if key in self._handle:
-                    del self._handle[key]
+                delete_array(self._handle, key)
         self._made, self._final = [], None
         self._close()
 
     def _close(self) -> None:
-        if self._handle is not None and self.kind == "hdf5":
-            self._handle.close()
+        close_container(self._handle)
         self._handle = None
 
     def __enter__(self) -> LabelsWriter:
@@ -381,47 +376,26 @@ class LabelsWriter:
             self._close()
 
 
-def _open_container(path: Path, kind: str) -> Any:
-    """A Zarr group or an HDF5 file opened for appending."""
-    if kind == "zarr":
-        import zarr
-
-        return zarr.open_group(str(path), mode="a")
-    import h5py
-
-    try:
-        return h5py.File(path, "a")
-    except OSError as err:
-        if "already open" not in str(err):
-            raise
-        raise ValueError(f"{path} is open for reading in this process (e.g. a "
-                         "PredictionResult's probabilities); close it first: "
-                         "result.probabilities.file.close()") from None
-
-
 def _write_array(container: Path, target: OutputSpec, data: np.ndarray, overwrite: bool) -> None:
     """Write ``data`` as ``target.key`` into ``container``: under a temporary name, then renamed."""
     temporary = f"{target.key}.partial-{os.getpid()}"
-    chunks = _label_chunks(data.shape)
-    if target.kind == "zarr":
-        group = _open_container(container, "zarr")
-        _refuse_existing(container, target.key, target.key in group and not overwrite)
-        array = group.create_array(temporary, shape=data.shape, dtype=data.dtype, chunks=chunks,
-                                   fill_value=0, overwrite=True)
+    handle = open_container(container, target.kind)
+    try:
+        _refuse_existing(container, target.key, target.key in handle and not overwrite)
+        array = _create_labels_array(handle, temporary, data.shape, data.dtype,
+                                     _label_chunks(data.shape))
         array[...] = data
-        if target.key in group:
-            del group[target.key]
-        os.rename(container / temporary, container / target.key)
-        return
-    with _open_container(container, "hdf5") as file:
-        _refuse_existing(container, target.key, target.key in file and not overwrite)
-        if temporary in file:
-            del file[temporary]
-        file.create_dataset(temporary, data=data, chunks=chunks, compression="gzip",
-                            compression_opts=1)
-        if target.key in file:
-            del file[target.key]
-        file.move(temporary, target.key)
+        delete_array(handle, target.key)
+        move_array(handle, temporary, target.key, container)
+    finally:
+        close_container(handle)
+
+
+def _create_labels_array(container: Any, key: str, shape: Sequence[int], dtype: Any,
+                         chunks: Sequence[int] | None) -> Any:
+    """An all-zero label array: gzip level 1 in HDF5 (labels compress well, fast to write)."""
+    return create_array(container, key, shape, dtype, chunks=chunks, fill_value=0, gzip=1,
+                        overwrite=True)
 
 
 def _refuse_existing(container: Path, key: str, refuse: bool) -> None:
@@ -445,15 +419,13 @@ def _label_chunks(shape: Sequence[int]) -> tuple[int, ...] | None:
 def _create_zarr_array(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype,
                        chunks: Sequence[int], attrs: Mapping[str, Any]) -> tuple[None, Any]:
     """(no file handle, the array) in a new Zarr group at ``path``."""
-    import zarr
-
-    group = zarr.open_group(str(path), mode="w")
+    group = create_container(path, "zarr")
     # write_empty_chunks: Zarr's default compares every chunk with the fill value before writing
     # it (a third of the write time here); an all-zero chunk compresses to a few bytes anyway
-    return None, group.create_array(key, shape=shape, dtype=dtype, chunks=tuple(chunks),
-                                    fill_value=0, attributes=dict(attrs),
-                                    compressors=_probability_codec(dtype),
-                                    config={"write_empty_chunks": True})
+    return None, create_array(group, key, shape, dtype, chunks=tuple(chunks), fill_value=0,
+                              attrs=attrs, zarr_options={
+                                  "compressors": _probability_codec(dtype),
+                                  "config": {"write_empty_chunks": True}})
 
 
 def _probability_codec(dtype: np.dtype) -> Any:
@@ -470,43 +442,11 @@ def _probability_codec(dtype: np.dtype) -> Any:
 def _create_hdf5_dataset(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype,
                          chunks: Sequence[int], attrs: Mapping[str, Any]) -> tuple[Any, Any]:
     """(the open file, the dataset) in a new HDF5 file at ``path``."""
-    import h5py
-
-    file = h5py.File(path, "w")
+    file = create_container(path, "hdf5")
     try:
-        dataset = file.create_dataset(key, shape=shape, dtype=dtype, chunks=tuple(chunks),
-                                      fillvalue=0, compression="gzip", compression_opts=1,
-                                      shuffle=True)
-        dataset.attrs.update(dict(attrs))
+        dataset = create_array(file, key, shape, dtype, chunks=tuple(chunks), fill_value=0,
+                               gzip=1, shuffle=True, attrs=attrs)
     except BaseException:
         file.close()
         raise
     return file, dataset
-
-
-def _exists(path: Path) -> bool:
-    return path.exists() or path.is_symlink()
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif _exists(path):
-        path.unlink()
-
-
-def _replace(source: Path, target: Path) -> None:
-    """Move ``source`` to ``target``; an existing target is moved aside first (and put back if the
-    move fails), so the final name never holds a partial output."""
-    if not _exists(target):
-        os.rename(source, target)
-        return
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    _remove(old)
-    os.rename(target, old)
-    try:
-        os.rename(source, target)
-    except BaseException:
-        os.rename(old, target)
-        raise
-    _remove(old)

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +30,10 @@ from monai.losses import DiceLoss, FocalLoss, TverskyLoss
 from torch import Tensor, nn
 
 from ..data.conventions import IGNORE_INDEX
-from ..registry import NamedRegistry
+from .architectures.registry import deep_supervision_weights
+from .loss_registry import get_loss, list_losses, register_loss
 
 __all__ = [
-    "DEFAULT_DEEP_SUPERVISION_WEIGHTS",
     "DeepSupervisionLoss",
     "SegmentationLoss",
     "build_loss",
@@ -45,35 +45,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Full resolution first, halving per scale (MedNeXt/nnU-Net recipe); normalised over the scales present.
-DEFAULT_DEEP_SUPERVISION_WEIGHTS: tuple[float, ...] = (1.0, 1 / 2, 1 / 4, 1 / 8, 1 / 16)
-
-LossFactory = Callable[..., nn.Module]
-_F = TypeVar("_F", bound=LossFactory)
-_REGISTRY: NamedRegistry[LossFactory] = NamedRegistry("loss")
-
-
-# --------------------------------------------------------------------------------------------------
-# Registry
-# --------------------------------------------------------------------------------------------------
-def register_loss(name: str) -> Callable[[_F], _F]:
-    """Decorator: register ``factory(out_channels=..., **kwargs) -> nn.Module`` under ``name``.
-
-    The module's ``forward(logits, target)`` follows this file's conventions. Registering a name twice
-    is an error, so a plugin cannot silently replace a built-in loss.
-    """
-
-    return _REGISTRY.register(name)  # type: ignore[return-value]
-
-
-def list_losses() -> list[str]:
-    """All registered loss names, sorted."""
-    return _REGISTRY.names()
-
-
-def get_loss(name: str, **kwargs: Any) -> nn.Module:
-    """An instance of the loss registered under ``name``; kwargs go to its factory (``out_channels``...)."""
-    return _REGISTRY.get(name)(**kwargs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -134,21 +105,18 @@ class _MaskedOverlapLoss(nn.Module):
         return self.loss(probs, onehot)
 
 
-@register_loss("DiceLoss")
 class MaskedDiceLoss(_MaskedOverlapLoss):
     """MONAI DiceLoss over annotated voxels (soft Dice, batch-pooled)."""
 
     monai_class = DiceLoss
 
 
-@register_loss("TverskyLoss")
 class MaskedTverskyLoss(_MaskedOverlapLoss):
     """MONAI TverskyLoss over annotated voxels (alpha/beta weigh false positives/negatives)."""
 
     monai_class = TverskyLoss
 
 
-@register_loss("BCEWithLogitsLoss")
 class MaskedBCEWithLogitsLoss(nn.Module):
     """torch BCEWithLogitsLoss per element, averaged over annotated voxels (one-hot when C_out > 1)."""
 
@@ -162,7 +130,6 @@ class MaskedBCEWithLogitsLoss(nn.Module):
         return _masked_mean(elementwise, _annotated(target))
 
 
-@register_loss("CrossEntropyLoss")
 class MaskedCrossEntropyLoss(nn.Module):
     """torch CrossEntropyLoss with ``ignore_index``; a one-channel output uses its binary form (BCE).
 
@@ -190,7 +157,6 @@ class MaskedCrossEntropyLoss(nn.Module):
         return per_voxel.sum() / denominator.to(per_voxel.dtype).clamp(min=torch.finfo(per_voxel.dtype).tiny)
 
 
-@register_loss("FocalLoss")
 class MaskedFocalLoss(nn.Module):
     """MONAI FocalLoss (softmax, or sigmoid for one channel) averaged over annotated voxels.
 
@@ -210,7 +176,6 @@ class MaskedFocalLoss(nn.Module):
         return _masked_mean(elementwise, _annotated(target))
 
 
-@register_loss("DiceCELoss")
 class MaskedDiceCELoss(nn.Module):
     """Dice + cross-entropy (BCE for one channel), weighted like MONAI's DiceCELoss.
 
@@ -370,16 +335,21 @@ class DeepSupervisionLoss(nn.Module):
 
     def __init__(self, loss: SegmentationLoss, weights: Sequence[float] | None = None):
         super().__init__()
-        weights = list(DEFAULT_DEEP_SUPERVISION_WEIGHTS if weights is None else weights)
-        if not weights:
-            raise ValueError("deep supervision needs at least one weight (full resolution first)")
-        if any(w < 0 for w in weights):
-            raise ValueError(f"deep supervision weights must be >= 0, got {weights}")
+        if weights is not None:
+            weights = list(weights)
+            if not weights:
+                raise ValueError("deep supervision needs at least one weight (full resolution first)")
+            if any(w < 0 for w in weights):
+                raise ValueError(f"deep supervision weights must be >= 0, got {weights}")
         self.loss = loss
-        self.weights = [float(w) for w in weights]
+        # None: the default for however many scales the model returns (halving per scale).
+        self.weights = None if weights is None else [float(w) for w in weights]
 
     def scale_weights(self, num_scales: int) -> list[float]:
         """Weights of the first ``num_scales`` scales, normalised to sum to 1."""
+        if self.weights is None:
+            present = deep_supervision_weights(num_scales)
+            return [w / sum(present) for w in present]
         if num_scales > len(self.weights):
             raise ValueError(f"the model returns {num_scales} output scales but only {len(self.weights)} "
                              f"deep supervision weights are configured ({self.weights})")

@@ -7,9 +7,9 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "CheckpointError": "checkpoint",
-    "load_checkpoint": "checkpoint",
-    "load_model_from_checkpoint": "checkpoint",
+    "CheckpointError": "..models.checkpoint",  # Lightning-free home of the checkpoint helpers
+    "load_checkpoint": "..models.checkpoint",
+    "load_model_from_checkpoint": "..models.checkpoint",
     "TrainingData": "datamodule",
     "TrainResult": "trainer",
     "train": "trainer",
@@ -20,5 +20,6 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        module = _EXPORTS[name]
+        return getattr(import_module(module if module.startswith(".") else f".{module}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

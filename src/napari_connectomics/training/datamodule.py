@@ -17,6 +17,7 @@ from ..data.augment import build_augmentation
 from ..data.checks import check_finite, check_patch_fits, label_range
 from ..data.dataset import PatchDataset, ValidationPatches, VolumePair, split_z
 from ..data.volumes import open_volume
+from ..registry import TARGETS
 
 __all__ = ["EpochSampler", "TrainingData", "VolumeDataModule"]
 
@@ -164,11 +165,12 @@ class VolumeDataModule(L.LightningDataModule):
             check_finite(pair.image)
             check_patch_fits(pair.image, list(d.patch_size), cfg.model.spatial_dims,
                              has_channels=pair.image.ndim == pair.label.ndim + 1)
-        if d.target != "semantic":
+        target = TARGETS.get(d.target)
+        if target.classes is not None:  # fixed by the target, checked with the config
             return
         labels = {id(p.label): p.label for p in pairs}.values()
         high = max(label_range(label)[1] for label in labels)
-        classes = high if d.label_mode == "sparse" else high + 1
+        classes = target.count_classes(high, d.label_mode)
         if classes > cfg.model.out_channels:
             raise ValueError(f"the labels hold {classes} classes (values up to {high}, {d.label_mode} mode) but "
                              f"model.out_channels is {cfg.model.out_channels}; set model.out_channels={classes}")

@@ -9,13 +9,15 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from magicgui import widgets
 
 from ..config import schema
+from ..registry import NamedRegistry
 
-__all__ = ["ConfigForm", "knob_widget", "section_fields"]
+__all__ = ["ConfigForm", "knob_value", "knob_widget", "parse_list", "section_fields"]
 
 SECTIONS: dict[str, type] = {
     "system": schema.SystemConfig,
@@ -56,7 +58,11 @@ def knob_widget(section: str, name: str, value: Any = dataclasses.MISSING, label
         value = field.default if field.default is not dataclasses.MISSING else field.default_factory()
     options: dict[str, Any] = {"name": name, "label": label or name.replace("_", " "), "tooltip": meta.get("help")}
     choices = meta.get("choices")
-    if choices:
+    if isinstance(choices, NamedRegistry):  # read when shown, so entries registered later appear too
+        names = choices.names()
+        widget = widgets.ComboBox(choices=partial(_registry_choices, choices),
+                                  value=value if value in names else names[0], **options)
+    elif choices:
         real = [c for c in choices if c is not None]
         widget: widgets.Widget = widgets.ComboBox(choices=real, value=value if value in real else real[0], **options)
     elif kind is bool:
@@ -78,6 +84,24 @@ def knob_widget(section: str, name: str, value: Any = dataclasses.MISSING, label
         text = "" if value is None else ", ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
         widget = widgets.LineEdit(value=text, **options)
     return widget
+
+
+def knob_value(section: str, widget: widgets.Widget) -> Any:
+    """The config value of a :func:`knob_widget`: a list field parsed from its text (one-line
+    ValueError on a bad item), an empty text field None, anything else as the widget holds it."""
+    value = widget.value
+    kind = _base_type(typing.get_type_hints(SECTIONS[section])[widget.name])
+    if typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind) or (int,)
+        return parse_list(value, item if item in (int, float) else str)
+    if isinstance(widget, widgets.LineEdit):
+        return value or None
+    return value
+
+
+def _registry_choices(registry: NamedRegistry, _widget: Any = None) -> list[tuple[str, str]]:
+    """(label, name) of a registry's entries; an entry's ``label`` attribute names it when set."""
+    return [(getattr(entry, "label", "") or name, name) for name, entry in registry.items()]
 
 
 def _step_for(value: float) -> float:
@@ -112,18 +136,7 @@ class ConfigForm(widgets.Container):
 
     def values(self) -> dict[str, Any]:
         """The form's values with list fields parsed (one-line ValueError on a bad list)."""
-        hints = typing.get_type_hints(SECTIONS[self.section])
-        result: dict[str, Any] = {}
-        for widget in self:
-            value = widget.value
-            kind = _base_type(hints[widget.name])
-            if typing.get_origin(kind) is list:
-                (item,) = typing.get_args(kind) or (int,)
-                value = parse_list(value, item if item in (int, float) else str)
-            elif isinstance(widget, widgets.LineEdit):
-                value = value or None
-            result[widget.name] = value
-        return result
+        return {widget.name: knob_value(self.section, widget) for widget in self}
 
     def set_values(self, values: dict[str, Any]) -> None:
         for widget in self:

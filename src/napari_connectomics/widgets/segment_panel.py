@@ -29,6 +29,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..progress import Progress
+from ..registry import POSTPROCESSORS
 from .background import BackgroundJob
 from .compat import viewer_camera
 from .forms import ConfigForm, parse_list
@@ -36,7 +37,6 @@ from .notify import UserError, notify_error, show_info, show_warning
 from .segment_request import (
     MEMORY_LIMIT_MB,
     OUTPUT_KEY,
-    POSTPROCESS_CHOICES,
     REGION_SHAPES,
     REGION_VIEW,
     REGION_WHOLE,
@@ -143,9 +143,6 @@ class SegmentPanel(QWidget):
         self.predict_form.window_size.native.setPlaceholderText("checkpoint default")
         self.post_form = ConfigForm("inference", POST_KNOBS, values=inference,
                                     labels={"instances": "post-processing", "min_size": "min size"})
-        method = self.post_form.instances.value
-        self.post_form.instances.choices = POSTPROCESS_CHOICES
-        self.post_form.instances.value = method
         self.store_edit = widgets.FileEdit(label="large outputs", mode="d",
                                            tooltip="folder for the Zarr store of predictions "
                                            "too large for memory or of lazy (dask, multiscale) "
@@ -507,7 +504,7 @@ class SegmentPanel(QWidget):
             self._post_pending = True
             return
         self.postprocess_runs += 1
-        small = (not prediction.lazy and post.method != "watershed"
+        small = (not prediction.lazy and POSTPROCESSORS.get(post.method).blockwise
                  and int(np.prod(prediction.spatial_shape)) <= SMALL_POSTPROCESS_VOXELS)
         if small:
             try:
@@ -713,7 +710,7 @@ def _count_text(labels: LabelsResult) -> str:
     if labels.lazy:
         return f"labels {labels.post.method}"
     top = int(np.max(labels.labels)) if np.size(labels.labels) else 0
-    if labels.post.method == "none":
+    if not POSTPROCESSORS.get(labels.post.method).labels_objects:
         return f"mask with {int(np.count_nonzero(labels.labels))} foreground voxels"
     return f"{top} objects"
 

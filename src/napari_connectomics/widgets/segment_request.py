@@ -36,7 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from ..inference.options import inference_default
 from ..progress import Progress
+from ..registry import POSTPROCESSORS, TARGETS
 from .notify import UserError
 
 __all__ = [
@@ -44,7 +46,6 @@ __all__ = [
     "LabelsResult",
     "MEMORY_LIMIT_MB",
     "OUTPUT_KEY",
-    "POSTPROCESS_CHOICES",
     "PostSettings",
     "Prediction",
     "REGIONS",
@@ -77,15 +78,8 @@ REGION_VIEW = "visible field of view"
 REGION_SHAPES = "Shapes ROI"
 REGIONS = (REGION_WHOLE, REGION_VIEW, REGION_SHAPES)
 
-# (label shown, config value of inference.instances)
-POSTPROCESS_CHOICES = (
-    ("none (threshold mask)", "none"),
-    ("connected components", "cc"),
-    ("watershed", "watershed"),
-)
-
 OUTPUT_KEY = "napari_connectomics"  # layer metadata key marking the panel's own output layers
-MEMORY_LIMIT_MB = 4096  # larger predictions go to a Zarr store (PredictOptions' default)
+MEMORY_LIMIT_MB = inference_default("memory_limit_mb")  # larger predictions go to a Zarr store
 SMALL_POSTPROCESS_VOXELS = 2**22  # a re-run of post-processing below this runs on the GUI thread
 LABEL_CHUNKS = (32, 128, 128)
 LABEL_BLOCK = (64, 256, 256)  # label_blockwise blocks: a multiple of LABEL_CHUNKS
@@ -298,7 +292,7 @@ class CheckpointInfo:
     @property
     def channel_layout(self) -> str:
         """How :func:`~..inference.postprocess.decode_channels` reads the output channels."""
-        return {"instance": "instance", "semantic": "semantic"}.get(self.target, "binary")
+        return TARGETS.get(self.target).channel_layout if self.target in TARGETS else "binary"
 
     def summary(self) -> str:
         window = "x".join(str(n) for n in self.window[-self.spatial_dims:])
@@ -309,16 +303,10 @@ class CheckpointInfo:
 
 def checkpoint_info(cfg: Any, path: str | os.PathLike = "") -> CheckpointInfo:
     """:class:`CheckpointInfo` from a checkpoint's training config."""
-    from ..config import default_patch_size
+    from ..inference.options import default_window
 
     spatial_dims = int(cfg.model.spatial_dims)
-    window = None
-    for size in (cfg.inference.window_size, cfg.data.patch_size):
-        if size is not None:
-            window = [int(n) for n in size]
-            break
-    if window is None:
-        window = default_patch_size(spatial_dims)
+    window = default_window(cfg)
     if len(window) == 2:
         window = [1, *window]
     return CheckpointInfo(str(path), str(cfg.model.architecture), spatial_dims,
@@ -328,7 +316,7 @@ def checkpoint_info(cfg: Any, path: str | os.PathLike = "") -> CheckpointInfo:
 
 def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
     """Read a checkpoint's stored config (imports torch: call it from a background thread)."""
-    from ..training.checkpoint import config_from_checkpoint, load_checkpoint
+    from ..models.checkpoint import config_from_checkpoint, load_checkpoint
 
     path = Path(path)
     cfg = config_from_checkpoint(load_checkpoint(path), source=repr(str(path)))
@@ -348,7 +336,7 @@ def _leave_a_core_for_the_gui() -> None:
 
 def _load_model(path: Path) -> tuple[Any, Any]:
     """(model, config) of a checkpoint; the last one is kept, so re-segmenting skips the load."""
-    from ..training.checkpoint import load_model_from_checkpoint
+    from ..models.checkpoint import load_model_from_checkpoint
 
     stat = path.stat()
     key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
@@ -392,10 +380,10 @@ class SegmentRequest:
     translate: tuple[float, ...]
     post: PostSettings = PostSettings()
     window: tuple[int, ...] | None = None  # None: the checkpoint's default
-    overlap: float = 0.25
-    batch_size: int = 4
-    tta: bool = False
-    device: str = "auto"
+    overlap: float = inference_default("overlap")
+    batch_size: int = inference_default("batch_size")
+    tta: bool = inference_default("tta")
+    device: str = inference_default("device")
     lazy_input: bool = False
     store_folder: Path | None = None  # None: a temporary folder
     memory_limit_mb: int = MEMORY_LIMIT_MB
@@ -579,9 +567,10 @@ def run_postprocess(prediction: Prediction, post: PostSettings,
     started = time.perf_counter()
     if report is not None:
         report(Progress(0, None, f"post-processing ({post.method})", stage="postprocess"))
-    if prediction.lazy and post.method == "watershed":
-        _check_watershed_fits(prediction)
-    if not prediction.lazy or post.method == "watershed":
+    whole_volume = not POSTPROCESSORS.get(post.method).blockwise
+    if prediction.lazy and whole_volume:
+        _check_whole_prediction_fits(prediction, post.method)
+    if not prediction.lazy or whole_volume:
         labels = postprocess(np.asarray(prediction.channels(), dtype=np.float32), post.method,
                              threshold=post.threshold, min_size=post.min_size,
                              channel_layout=prediction.info.channel_layout)
@@ -590,13 +579,13 @@ def run_postprocess(prediction: Prediction, post: PostSettings,
     return LabelsResult(labels, post, key, time.perf_counter() - started)
 
 
-def _check_watershed_fits(prediction: Prediction) -> None:
-    """The watershed has no block-wise form: it runs on a stored prediction only if it fits."""
+def _check_whole_prediction_fits(prediction: Prediction, method: str) -> None:
+    """A post-processor without a block-wise form runs on a stored prediction only if it fits."""
     if prediction.fits_in_memory():
         return
     channels = int(prediction.probabilities.shape[0])
     size = _prediction_bytes(prediction.spatial_shape, channels) // _MB
-    raise UserError(f"watershed needs the whole prediction in memory ({size} MB, more than "
+    raise UserError(f"{method} needs the whole prediction in memory ({size} MB, more than "
                     f"{prediction.memory_limit_mb} MB); choose connected components, or segment "
                     "a smaller region")
 
@@ -606,8 +595,8 @@ def _postprocess_store(prediction: Prediction, post: PostSettings,
     """Threshold (``none``) or connected components (``cc``, :func:`label_blockwise`) of a stored
     prediction into a new ``labels-<id>`` array of its store, block by block."""
     import dask.array as da
-    import zarr
 
+    from ..data.volume_io import create_array, delete_array, open_array, open_container
     from ..inference.postprocess import label_blockwise
 
     if not 0.0 <= post.threshold <= 1.0:
@@ -616,7 +605,7 @@ def _postprocess_store(prediction: Prediction, post: PostSettings,
     semantic = prediction.info.channel_layout == "semantic" and probabilities.shape[0] >= 2
     shape = tuple(int(n) for n in prediction.spatial_shape)
     chunks = tuple(min(c, n) for c, n in zip(LABEL_CHUNKS[-len(shape):], shape))
-    group = zarr.open_group(str(prediction.store), mode="a")
+    group = open_container(prediction.store, "zarr")
     key = f"labels-{uuid.uuid4().hex[:8]}"
     if semantic:
         mask = da.argmax(probabilities, axis=0)
@@ -624,26 +613,24 @@ def _postprocess_store(prediction: Prediction, post: PostSettings,
         mask = prediction.foreground() > np.float32(post.threshold)
     try:
         if post.method == "cc":
-            array = group.create_array(key, shape=shape, dtype=np.uint32, chunks=chunks,
-                                       fill_value=0)
+            array = create_array(group, key, shape, np.uint32, chunks=chunks, fill_value=0)
             block = tuple(min(b, n) for b, n in zip(LABEL_BLOCK[-len(shape):], shape))
             callbacks = [report] if report is not None else []
             label_blockwise(mask, array, block_size=block, min_size=post.min_size,
                             callbacks=callbacks, classes=semantic)  # classes never merge, as in memory
         elif post.method == "none":
             dtype = np.uint8 if not semantic or probabilities.shape[0] <= 256 else np.uint16
-            array = group.create_array(key, shape=shape, dtype=dtype, chunks=chunks, fill_value=0)
+            array = create_array(group, key, shape, dtype, chunks=chunks, fill_value=0)
             da.store(mask.astype(dtype).rechunk(chunks), array, lock=False, scheduler="threads")
         else:
             raise UserError(f"post-processing {post.method!r} is not available for predictions "
                             "stored on disk; choose 'none' or 'connected components'")
     except BaseException:
-        if key in group:
-            del group[key]
+        delete_array(group, key)
         raise
     logger.info("post-processed %s (%s) into %s:%s", prediction.image_name, post.method,
                 prediction.store, key)
-    return key, zarr.open_array(str(prediction.store), mode="r", path=key)
+    return key, open_array(Path(prediction.store), key, "zarr")
 
 
 # --------------------------------------------------------------------------------------------
@@ -688,10 +675,8 @@ def remove_labels_array(store: str | os.PathLike | None, key: str | None) -> Non
     if store is None or key is None:
         return
     try:
-        import zarr
+        from ..data.volume_io import delete_array, open_container
 
-        group = zarr.open_group(str(store), mode="a")
-        if key in group:
-            del group[key]
+        delete_array(open_container(Path(store), "zarr"), key)
     except Exception:  # a leftover array costs disk only
         logger.warning("could not remove %s from %s", key, store, exc_info=True)

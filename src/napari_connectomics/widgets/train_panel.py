@@ -29,27 +29,27 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
     QFrame,
-    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QPushButton,
     QScrollArea,
-    QStackedWidget,
     QVBoxLayout,
     QWidget,
 )
 
 from ..progress import Progress
 from .background import BackgroundJob
+from .class_legend import ClassLegend
 from .compat import viewer_camera
-from .forms import knob_widget, parse_list
+from .forms import knob_value, knob_widget
 from .loss_plot import LossPlot
 from .notify import UserError, notify_error, show_info, show_warning
+from .pair_rows import PairRow, image_source, refill_combo, snapshot_image, snapshot_labels, voxel_size_of
 from .session import session_for
 from .training_request import (
     DEVICES,
+    PANEL_DEFAULTS,
     Notice,
     PairChoice,
     PreviewTarget,
@@ -58,9 +58,7 @@ from .training_request import (
     TrainChoices,
     build_config,
     check_choices,
-    class_value,
     continue_config,
-    default_class_names,
     lower_thread_priority,
     prepare_run,
     run_training,
@@ -74,13 +72,24 @@ __all__ = ["ClassLegend", "PairRow", "TrainPanel"]
 
 logger = logging.getLogger(__name__)
 
-WARNING_STYLE = "color: #e0a040;"
 JOB_NAME = "train"
 PREVIEW_SUFFIX = " preview"
 PREVIEW_MARK = "napari_connectomics_preview"  # metadata key of the preview layers this panel makes
-DEFAULT_STEPS = 200
 DEFAULT_PREVIEW_EVERY = 25
-_REFERENCE_SUFFIXES = (".tif", ".tiff", ".npy")
+# The config knobs the panel shows: attribute -> (section, field, label). Widget kind, help, choices
+# and bounds come from the schema (forms.knob_widget); starting values from the session's config,
+# or PANEL_DEFAULTS where the panel deliberately differs from the CLI.
+KNOBS: dict[str, tuple[str, str, str]] = {
+    "label_mode": ("data", "label_mode", "annotation"),
+    "val_fraction": ("data", "val_fraction", "held out"),
+    "task": ("data", "target", "task"),
+    "patch_size": ("data", "patch_size", "patch size"),
+    "batch_size": ("data", "batch_size", "batch"),
+    "steps": ("training", "max_steps", "steps"),
+    "lr": ("optimizer", "lr", "learning rate"),
+    "device": ("system", "accelerator", "device"),
+    "voxel_size": ("data", "voxel_size", "voxel size"),
+}
 # While training runs, Python hands the GIL to a waiting thread after this long instead of 5 ms:
 # the GUI thread re-acquires the GIL after every OpenGL/Qt call that released it, and with a
 # CPU-bound training thread each re-acquisition would otherwise cost up to 5 ms (a redraw makes
@@ -93,330 +102,14 @@ def _default_output_dir() -> str:
     return str(Path.home() / "napari-connectomics" / "runs")
 
 
-# --------------------------------------------------------------------------------------------
-# Layer snapshots (GUI thread): the user's layers are copied, never handed to the training thread
-# --------------------------------------------------------------------------------------------
-
-
-def snapshot_labels(layer: Any) -> np.ndarray:
-    """A private copy of a Labels layer's data (the user keeps painting while the network trains)."""
-    if getattr(layer, "multiscale", False):
-        raise UserError(f"{layer.name} is a multiscale Labels layer; paint into a single-scale Labels layer")
-    return np.array(layer.data, copy=True)
-
-
-def snapshot_image(layer: Any) -> Any:
-    """An in-memory image is copied; a lazy one (dask/zarr over a file) is read-only and kept as is."""
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    if getattr(layer, "rgb", False):
-        raise UserError(f"{layer.name} is an RGB image; convert it to a greyscale volume first")
-    return data.copy() if isinstance(data, np.ndarray) else data
-
-
-def image_source(layer: Any) -> str | None:
-    """The file spec a layer was read from, when it names one volume (our reader records it)."""
-    source = (getattr(layer, "metadata", None) or {}).get("source")
-    if isinstance(source, str) and source:
-        return source
-    path = getattr(getattr(layer, "source", None), "path", None)
-    if path and str(path).lower().endswith(_REFERENCE_SUFFIXES):
-        return str(path)
-    return None
-
-
-def voxel_size_of(layer: Any) -> list[float]:
-    """The layer's scale as z-y-x voxel size (a 2D layer gets z = 1)."""
-    scale = [float(s) for s in layer.scale][-3:]
-    return [1.0] * (3 - len(scale)) + scale
-
-
-# --------------------------------------------------------------------------------------------
-# Widgets
-# --------------------------------------------------------------------------------------------
-
-
-class PairRow(QWidget):
-    """One training pair: Image and Labels layer pickers, or image and labels file specs."""
-
-    def __init__(self, index: int, removable: bool, on_remove: Any) -> None:
-        super().__init__()
-        self.index = index
-        self.image_combo = QComboBox()
-        self.labels_combo = QComboBox()
-        self.image_combo.setToolTip("the Image layer the labels were painted on")
-        self.labels_combo.setToolTip("the Labels layer with your annotation (same shape as the image)")
-        self.image_path = QLineEdit()
-        self.labels_path = QLineEdit()
-        self.image_path.setPlaceholderText("image: stack.h5:raw, stack.zarr/raw, stack.tif")
-        self.labels_path.setPlaceholderText("labels: stack.h5:labels")
-        self.pages = QStackedWidget()
-        for first, second in ((self.image_combo, self.labels_combo), (self.image_path, self.labels_path)):
-            page = QWidget()
-            grid = QGridLayout(page)
-            grid.setContentsMargins(0, 0, 0, 0)
-            grid.addWidget(QLabel("image"), 0, 0)
-            grid.addWidget(first, 0, 1)
-            grid.addWidget(QLabel("labels"), 1, 0)
-            grid.addWidget(second, 1, 1)
-            grid.setColumnStretch(1, 1)
-            self.pages.addWidget(page)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.pages, 1)
-        self.remove_button = QPushButton("−")
-        self.remove_button.setFixedWidth(28)
-        self.remove_button.setToolTip("remove this pair")
-        self.remove_button.setVisible(removable)
-        self.remove_button.clicked.connect(lambda: on_remove(self))
-        layout.addWidget(self.remove_button)
-
-    def set_files_mode(self, files: bool) -> None:
-        self.pages.setCurrentIndex(1 if files else 0)
-
-
-class _Swatch(QLabel):
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFixedSize(18, 18)
-        self.setFrameShape(QFrame.Shape.Box)
-
-    def set_rgba(self, rgba: Any) -> None:
-        if rgba is None or len(rgba) < 3 or (len(rgba) > 3 and float(rgba[3]) == 0.0):
-            self.setStyleSheet("background: transparent;")
-            self.setToolTip("transparent (not drawn)")
-            return
-        r, g, b = (int(round(float(c) * 255)) for c in rgba[:3])
-        self.setStyleSheet(f"background: rgb({r}, {g}, {b});")
-        self.setToolTip(f"rgb({r}, {g}, {b})")
-
-
-@dataclass
-class _LegendRow:
-    index: int
-    value_label: QLabel
-    swatch: _Swatch
-    name: QLineEdit
-    paint: QPushButton
-    remove: QPushButton | None
-
-
-class ClassLegend(QWidget):
-    """Label value -> class name, in the Labels layer's colours, with a paint button per class.
-
-    napari paints 1 by default, which is *background* in sparse mode; the legend shows what each
-    value means and selects the right label to paint, and warns when only background is painted.
-    Class names are kept per class index (0 = background), so switching sparse/dense keeps them.
-    """
-
-    def __init__(self, activate_layer: Any = None) -> None:
-        super().__init__()
-        self._activate_layer = activate_layer
-        self._layer: Any = None
-        self._mode = "sparse"
-        self._task = "semantic"
-        self._names: dict[int, str] = default_class_names()
-        self._painted: set[int] = set()
-        self.rows: list[_LegendRow] = []
-        self._grid = QGridLayout()
-        self._grid.setContentsMargins(0, 0, 0, 0)
-        self.add_button = QPushButton("+ class")
-        self.add_button.setToolTip("add a class (painted with the next label value)")
-        self.add_button.clicked.connect(self.add_class)
-        self.new_object_button = QPushButton("paint a new object")
-        self.new_object_button.setToolTip("instance task: select an unused label value for the next object")
-        self.new_object_button.clicked.connect(self.paint_new_object)
-        self.hint = QLabel()
-        self.hint.setWordWrap(True)
-        self.warning = QLabel()
-        self.warning.setWordWrap(True)
-        self.warning.setStyleSheet(WARNING_STYLE)
-        self.warning.setVisible(False)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.hint)
-        layout.addLayout(self._grid)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.add_button)
-        buttons.addWidget(self.new_object_button)
-        buttons.addStretch(1)
-        layout.addLayout(buttons)
-        layout.addWidget(self.warning)
-        self._rebuild()
-
-    # --- state -----------------------------------------------------------------------------------
-    @property
-    def layer(self) -> Any:
-        return self._layer
-
-    def set_layer(self, layer: Any) -> None:
-        """Follow a Labels layer: its colours, and what is painted into it from now on."""
-        if layer is self._layer:
-            return
-        self._disconnect()
-        self._layer = layer
-        self._painted = set()
-        if layer is not None:
-            layer.events.colormap.connect(self._refresh_colours)
-            layer.events.paint.connect(self._on_paint)
-        self._rebuild()
-
-    def set_mode(self, mode: str) -> None:
-        self._mode = mode
-        self._rebuild()
-
-    def set_task(self, task: str) -> None:
-        self._task = task
-        self._rebuild()
-
-    def class_names(self) -> dict[int, str]:
-        """Class index -> name, as edited."""
-        for row in self.rows:
-            self._names[row.index] = row.name.text().strip() or f"class {row.index}"
-        return dict(self._names)
-
-    def value_of(self, index: int) -> int:
-        return class_value(index, self._mode)
-
-    # --- actions ---------------------------------------------------------------------------------
-    def add_class(self) -> None:
-        self.class_names()
-        index = max(self._names) + 1
-        self._names[index] = f"class {index}"
-        self._rebuild()
-
-    def remove_class(self, index: int) -> None:
-        self.class_names()
-        self._names.pop(index, None)
-        self._rebuild()
-
-    def paint(self, value: int) -> None:
-        """Select ``value`` as the label to paint and switch the layer to the paint brush."""
-        if self._layer is None:
-            show_warning("pick the Labels layer you paint into first")
-            return
-        self._layer.selected_label = int(value)
-        self._layer.mode = "paint"
-        if self._activate_layer is not None:
-            self._activate_layer(self._layer)
-
-    def paint_new_object(self) -> None:
-        """Instance task: each object gets its own value (the largest painted + 1)."""
-        if self._layer is None:
-            show_warning("pick the Labels layer you paint into first")
-            return
-        largest = int(np.max(self._layer.data)) if np.size(self._layer.data) else 0
-        self.paint(max(largest + 1, class_value(1, self._mode)))
-
-    # --- painted values --------------------------------------------------------------------------
-    def _on_paint(self, event: Any) -> None:
-        self._painted |= _painted_values(getattr(event, "value", None))
-        self._refresh_warning()
-
-    def note_painted(self, values: set[int]) -> None:
-        """Values known to be painted (e.g. found when a run starts)."""
-        self._painted |= set(values)
-        self._refresh_warning()
-
-    def _refresh_warning(self) -> None:
-        text = ""
-        painted = {v for v in self._painted if v != 0}
-        if self._mode == "sparse" and painted == {1}:
-            text = ("Only label 1 is painted so far, and 1 is background in sparse mode. Paint objects "
-                    f"with 2 (the 'paint' button of {self._names.get(1, 'class 1')!r}).")
-        self.warning.setText(text)
-        self.warning.setVisible(bool(text))
-
-    # --- drawing ---------------------------------------------------------------------------------
-    def _rebuild(self) -> None:
-        self.class_names() if self.rows else None
-        while self._grid.count():
-            item = self._grid.takeAt(0)
-            if item.widget() is not None:
-                item.widget().deleteLater()
-        self.rows = []
-        instance = self._task == "instance"
-        shown = {0: self._names.get(0, "background")}
-        if instance:
-            shown[1] = "objects (each painted with its own value)"
-        else:
-            shown.update({k: v for k, v in sorted(self._names.items()) if k != 0})
-        for position, (index, name) in enumerate(shown.items()):
-            self.rows.append(self._make_row(position, index, name, removable=not instance and index >= 2))
-        self.add_button.setVisible(not instance)
-        self.new_object_button.setVisible(instance)
-        if self._mode == "sparse":
-            self.hint.setText("Sparse: 0 = not annotated (ignored), 1 = background, 2.. = classes. "
-                              "napari paints 1 by default: that is background here.")
-        else:
-            self.hint.setText("Dense: every voxel is annotated; 0 = background, 1.. = classes.")
-        self._refresh_colours()
-        self._refresh_warning()
-
-    def _make_row(self, position: int, index: int, name: str, removable: bool) -> _LegendRow:
-        value = class_value(index, self._mode)
-        objects = self._task == "instance" and index == 1  # one row for all objects, each its own value
-        value_label = QLabel(f"{value}, {value + 1}, …" if objects else f"{value}")
-        swatch = _Swatch()
-        edit = QLineEdit(name)
-        edit.setReadOnly(objects)
-        edit.setToolTip("class name (saved with the run)")
-        paint = QPushButton("paint")
-        paint.setToolTip(f"paint label {value} into the Labels layer")
-        if objects:
-            paint.clicked.connect(self.paint_new_object)
-        else:
-            paint.clicked.connect(lambda _=False, v=value: self.paint(v))
-        remove = None
-        for column, widget in enumerate((swatch, value_label, edit, paint)):
-            self._grid.addWidget(widget, position, column)
-        if removable:
-            remove = QPushButton("−")
-            remove.setFixedWidth(28)
-            remove.setToolTip("remove this class")
-            remove.clicked.connect(lambda _=False, i=index: self.remove_class(i))
-            self._grid.addWidget(remove, position, 4)
-        self._grid.setColumnStretch(2, 1)
-        return _LegendRow(index, value_label, swatch, edit, paint, remove)
-
-    def _refresh_colours(self, event: Any = None) -> None:
-        for row in self.rows:
-            row.swatch.set_rgba(self.colour_of(class_value(row.index, self._mode)))
-
-    def colour_of(self, value: int) -> Any:
-        """The layer's RGBA for ``value`` (None without a layer, or for the transparent 0)."""
-        if self._layer is None:
-            return None
-        try:
-            return np.asarray(self._layer.colormap.map(int(value))).ravel()
-        except Exception:  # older napari: get_color
-            colour = self._layer.get_color(int(value))
-            return None if colour is None else np.asarray(colour).ravel()
-
-    def _disconnect(self) -> None:
-        if self._layer is None:
-            return
-        for emitter, slot in ((self._layer.events.colormap, self._refresh_colours),
-                              (self._layer.events.paint, self._on_paint)):
-            try:
-                emitter.disconnect(slot)
-            except (TypeError, ValueError, RuntimeError):
-                pass
-
-
-def _painted_values(history: Any) -> set[int]:
-    """Label values written by a napari paint event (its undo-history atoms)."""
-    found: set[int] = set()
-    for atom in history or ():
-        value = getattr(atom, "new_value", None)
-        if value is None and isinstance(atom, tuple) and len(atom) == 3:
-            value = atom[2]
-        if value is None:
-            continue
-        try:
-            found.update(int(v) for v in np.unique(np.asarray(value)))
-        except (TypeError, ValueError):
-            continue
-    return found
+def _knob(attribute: str, cfg: Any) -> Any:
+    """The schema-generated widget of one of :data:`KNOBS`, starting from the panel's default or
+    the session config's value."""
+    section, name, label = KNOBS[attribute]
+    value = PANEL_DEFAULTS.get(section, {}).get(name, cfg[section][name])
+    if value is not None and not isinstance(value, str) and hasattr(value, "__len__"):
+        value = list(value)  # an OmegaConf ListConfig
+    return knob_widget(section, name, value, label=label)
 
 
 # --------------------------------------------------------------------------------------------
@@ -507,7 +200,7 @@ class TrainPanel(QWidget):
         self.add_pair_button = QPushButton("+ pair")
         self.add_pair_button.setToolTip("train on several image/labels pairs at once")
         self.add_pair_button.clicked.connect(lambda: self.add_pair())
-        self.label_mode = knob_widget("data", "label_mode", "sparse", label="annotation")
+        self.label_mode = _knob("label_mode", self.session.config)
         self.label_mode.changed.connect(lambda value: self.legend.set_mode(value))
         self.legend = ClassLegend(activate_layer=self._activate)
         top = QFormLayout()
@@ -527,7 +220,7 @@ class TrainPanel(QWidget):
         self.validation = widgets.ComboBox(
             choices=[("held-out part of the annotation", "held-out"), ("a second Labels layer", "labels")],
             value="held-out", tooltip="what the validation loss is measured on")
-        self.val_fraction = knob_widget("data", "val_fraction", 0.2, label="held out")
+        self.val_fraction = _knob("val_fraction", self.session.config)
         self.val_fraction.tooltip = ("share of the annotated sections (sparse) or of z (dense, files) kept "
                                      "for validation")
         self.val_labels = QComboBox()
@@ -557,20 +250,24 @@ class TrainPanel(QWidget):
     def _build_knobs(self, cfg: Any) -> QGroupBox:
         box = QGroupBox("Training")
         form = QFormLayout(box)
-        self.task = knob_widget("data", "target", "semantic", label="task")
+        self.task = _knob("task", cfg)
         self.task.tooltip = ("semantic: one output per class; instance: separate touching objects "
                              "(interior + contour, then watershed); binary: all classes as one foreground")
         self.task.changed.connect(lambda value: self.legend.set_task(value))
-        self.patch_size = knob_widget("data", "patch_size", list(cfg.data.patch_size), label="patch size")
-        self.batch_size = knob_widget("data", "batch_size", int(cfg.data.batch_size), label="batch")
-        self.steps = knob_widget("training", "max_steps", DEFAULT_STEPS, label="steps")
+        self.patch_size = _knob("patch_size", cfg)
+        self.batch_size = _knob("batch_size", cfg)
+        self.steps = _knob("steps", cfg)
         self.steps.tooltip = "optimizer steps to train (Continue adds this many more)"
-        self.lr = knob_widget("optimizer", "lr", float(cfg.optimizer.lr), label="learning rate")
+        self.lr = _knob("lr", cfg)
         if hasattr(self.lr.native, "setDecimals"):
             self.lr.native.setDecimals(6)  # learning rates like 3e-4 must not round to 0
-        self.device = widgets.ComboBox(choices=list(DEVICES), value="auto",
+        # Not _knob: the panel offers only DEVICES of the schema's accelerators (and sets the GPU
+        # count with them); a ComboBox built from the schema would get its choices back on reset.
+        accelerator = cfg.system.accelerator
+        self.device = widgets.ComboBox(choices=list(DEVICES), name="accelerator", label="device",
+                                       value=accelerator if accelerator in DEVICES else DEVICES[0],
                                        tooltip="auto: the GPU when there is one, else the CPU")
-        self.voxel_size = knob_widget("data", "voxel_size", list(cfg.data.voxel_size), label="voxel size")
+        self.voxel_size = _knob("voxel_size", cfg)
         self.voxel_size.tooltip = "z, y, x voxel size; taken from the image layer's scale"
         self.preview_every = widgets.SpinBox(value=DEFAULT_PREVIEW_EVERY, min=0, max=100000,
                                              tooltip="every N steps, predict the viewed section into a "
@@ -649,9 +346,9 @@ class TrainPanel(QWidget):
         """Refill the layer pickers, keeping each choice; a new pair defaults to the newest layers."""
         images, labels = self._layer_names("image"), self._layer_names("labels")
         for row in self.pair_rows:
-            _refill(row.image_combo, images, default=images[0] if images else None)
-            _refill(row.labels_combo, labels, default=self._default_labels(labels))
-        _refill(self.val_labels, labels, default=labels[0] if labels else None)
+            refill_combo(row.image_combo, images, default=images[0] if images else None)
+            refill_combo(row.labels_combo, labels, default=self._default_labels(labels))
+        refill_combo(self.val_labels, labels, default=labels[0] if labels else None)
 
     def _default_labels(self, names: list[str]) -> str | None:
         """The active Labels layer, else the newest one: the layer the user just added to paint in."""
@@ -724,19 +421,17 @@ class TrainPanel(QWidget):
             layer = self._layer(self.val_labels.currentText())
             if layer is not None:
                 val_label = snapshot_labels(layer)
+        knobs: dict[str, dict[str, Any]] = {"training": {"output_dir": str(self.output_dir.value)}}
         try:
-            patch = parse_list(self.patch_size.value, int)
-            voxel = parse_list(self.voxel_size.value, float)
+            for attribute, (section, name, _) in KNOBS.items():
+                knobs.setdefault(section, {})[name] = knob_value(section, getattr(self, attribute))
         except ValueError as err:
             raise UserError(str(err)) from None
         return TrainChoices(
-            pairs=pairs, label_mode=self.label_mode.value, task=self.task.value,
-            classes=self.legend.class_names(), validation=self.validation.value,
-            val_fraction=float(self.val_fraction.value), val_label=val_label, start=self.start.value,
+            pairs=pairs, knobs=knobs, classes=self.legend.class_names(), validation=self.validation.value,
+            val_label=val_label, start=self.start.value,
             checkpoint=str(self.checkpoint.value) if str(self.checkpoint.value) not in ("", ".") else None,
-            patch_size=patch, batch_size=int(self.batch_size.value), steps=int(self.steps.value),
-            lr=float(self.lr.value), device=self.device.value, voxel_size=voxel,
-            output_dir=str(self.output_dir.value), preview_every=int(self.preview_every.value))
+            preview_every=int(self.preview_every.value))
 
     def _pair_choice(self, row: PairRow) -> PairChoice:
         number = f"pair {row.index + 1}" if len(self.pair_rows) > 1 else "the annotation"
@@ -785,7 +480,7 @@ class TrainPanel(QWidget):
 
         self.loss_plot.clear()
         self._finished = None
-        self._launch(work, int(choices.steps), first_step=0, preview_every=preview_every)
+        self._launch(work, int(cfg.training.max_steps), first_step=0, preview_every=preview_every)
         return True
 
     def continue_training(self) -> bool:
@@ -952,18 +647,3 @@ class TrainPanel(QWidget):
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the training thread has ended (tests, shutdown); events still need the GUI loop."""
         return self.job.wait(timeout) if self.job is not None else True
-
-
-def _refill(combo: QComboBox, names: list[str], default: str | None) -> None:
-    """Replace a combo's items, keeping its current choice when it still exists."""
-    current = combo.currentText()
-    if [combo.itemText(i) for i in range(combo.count())] == names:
-        return
-    combo.blockSignals(True)
-    combo.clear()
-    combo.addItems(names)
-    choice = current if current in names else default
-    if choice is not None:
-        combo.setCurrentText(choice)
-    combo.blockSignals(False)
-    combo.currentTextChanged.emit(combo.currentText())

@@ -31,9 +31,8 @@ from ..training.run_dir import new_run_dir
 from .notify import UserError
 
 __all__ = [
-    "ANNOTATION_MODES",
     "DEVICES",
-    "TASKS",
+    "PANEL_DEFAULTS",
     "VALIDATION_MODES",
     "AnnotationSummary",
     "Notice",
@@ -62,16 +61,21 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ANNOTATION_MODES = ("sparse", "dense")
-TASKS = ("semantic", "instance", "binary")
 VALIDATION_MODES = ("held-out", "labels")
-DEVICES = ("auto", "cpu", "gpu")
+DEVICES = ("auto", "cpu", "gpu")  # the panel's device picker: these of system.accelerator's choices
+# The only config defaults the Train panel states itself, where it deliberately differs from the CLI
+# (the schema): painting in napari marks a few sections (sparse), the legend names classes
+# (semantic), and interactive training should show a result within minutes, so it runs a fixed
+# number of steps instead of the schema's epochs. Every other knob starts from the session's config.
+PANEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {"label_mode": "sparse", "target": "semantic"},
+    "training": {"max_steps": 200},
+}
 ANNOTATIONS_FILE = "annotations.h5"
 LEGEND_FILE = "annotations.json"
 MAX_SEMANTIC_CLASSES = 32  # more values than this in dense semantic labels are instance ids
 PREVIEW_MAX_YX = 512  # the preview predicts at most this many pixels around the view centre
 THREAD_NICENESS = 10  # how much lower than the GUI the training thread is scheduled (Linux)
-_COPY_SECTIONS = 16  # sections copied at a time when a lazy image is written into the run folder
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,25 +105,42 @@ class PairChoice:
 
 @dataclass
 class TrainChoices:
-    """Everything the Train panel decides; ``classes`` names class indices (0 = background)."""
+    """Everything the Train panel decides.
+
+    ``knobs`` are config fields, ``{section: {field: value}}`` with the schema's names; their
+    defaults, choices and bounds are the schema's (``config/schema.py``), so they are not restated
+    here. A knob not given (or None) keeps the base config's value, or :data:`PANEL_DEFAULTS`. The
+    other fields exist only in the GUI: the layers, the legend (``classes``: class index -> name,
+    0 = background), what validates, where training starts, and the live preview.
+    """
 
     pairs: list[PairChoice]
-    label_mode: str = "sparse"
-    task: str = "semantic"
+    knobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     classes: dict[int, str] = field(default_factory=lambda: default_class_names())
-    validation: str = "held-out"
-    val_fraction: float = 0.2
+    validation: str = "held-out"  # one of VALIDATION_MODES
     val_label: Any = None  # a second Labels layer's copy (or a file spec) over the first image
     start: str = "scratch"  # or "checkpoint"
     checkpoint: str | None = None
-    patch_size: list[int] | None = None
-    batch_size: int = 2
-    steps: int = 200
-    lr: float = 1e-3
-    device: str = "auto"
-    voxel_size: list[float] | None = None
-    output_dir: str = "runs"
     preview_every: int = 0
+
+    def resolved_knobs(self) -> dict[str, dict[str, Any]]:
+        """:data:`PANEL_DEFAULTS` overlaid with the given knobs, None values left out."""
+        merged = copy.deepcopy(PANEL_DEFAULTS)
+        for section, values in self.knobs.items():
+            merged.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+        return merged
+
+    def knob(self, section: str, name: str) -> Any:
+        """A knob's value for the run; None when the base config's value is kept."""
+        return self.resolved_knobs().get(section, {}).get(name)
+
+    @property
+    def label_mode(self) -> str:
+        return str(self.knob("data", "label_mode"))
+
+    @property
+    def task(self) -> str:
+        return str(self.knob("data", "target"))
 
 
 def default_class_names() -> dict[int, str]:
@@ -221,12 +242,11 @@ def check_choices(choices: TrainChoices, in_channels: int = 1) -> None:
             raise UserError("start from a checkpoint: choose the .ckpt file (or start from scratch)")
         if not Path(choices.checkpoint).expanduser().is_file():
             raise UserError(f"checkpoint {choices.checkpoint} does not exist; choose an existing .ckpt file")
-    if not str(choices.output_dir).strip():
+    output_dir = choices.knob("training", "output_dir")  # None: the base config's
+    if output_dir is not None and not str(output_dir).strip():
         raise UserError("choose an output folder for the run")
-    if choices.label_mode not in ANNOTATION_MODES:
-        raise UserError(f"annotation mode {choices.label_mode!r}: choose sparse or dense")
-    if choices.task not in TASKS:
-        raise UserError(f"task {choices.task!r}: choose one of {', '.join(TASKS)}")
+    # Invalid knob values (a mode or task the schema does not list) fail in build_config, whose
+    # validation names the key and the choices.
 
 
 def _check_shapes(name: str, image: tuple[int, ...], label: tuple[int, ...], in_channels: int) -> None:
@@ -267,12 +287,9 @@ def torch_threads() -> int:
 
 def out_channels_for(task: str, label_mode: str, largest_value: int) -> int:
     """Network outputs for ``task`` given the largest label value (painted or in the legend)."""
-    if task == "instance":
-        return 3
-    if task == "binary":
-        return 2
-    classes = largest_value if label_mode == "sparse" else largest_value + 1
-    return max(2, classes)
+    from ..registry import TARGETS
+
+    return max(2, TARGETS.get(task).count_classes(largest_value, label_mode))
 
 
 def build_config(base: Any, choices: TrainChoices) -> Any:
@@ -285,38 +302,33 @@ def build_config(base: Any, choices: TrainChoices) -> Any:
     from ..config import as_config
 
     cfg = copy.deepcopy(as_config(base))
+    for section, values in choices.resolved_knobs().items():
+        for name, value in values.items():
+            cfg[section][name] = copy.deepcopy(value)
     legend_max = class_value(max(choices.classes, default=1), choices.label_mode)
     d = cfg.data
-    d.label_mode = choices.label_mode
-    d.target = choices.task
-    d.val_fraction = float(choices.val_fraction)
     d.num_workers = 0  # no forked loader processes inside a Qt application
-    if choices.patch_size:
-        d.patch_size = list(choices.patch_size)
-    d.batch_size = int(choices.batch_size)
-    if choices.voxel_size:
-        d.voxel_size = [float(v) for v in choices.voxel_size]
     for key in ("train_image", "train_label", "val_image", "val_label"):
         d[key] = None
     cfg.model.out_channels = out_channels_for(choices.task, choices.label_mode, legend_max)
     cfg.model.pretrained = str(Path(choices.checkpoint).expanduser().resolve()) if (
         choices.start == "checkpoint" and choices.checkpoint) else None
     t = cfg.training
-    t.max_steps = int(choices.steps)
-    t.output_dir = str(Path(choices.output_dir).expanduser().resolve())
-    t.val_check_interval = max(1, min(int(choices.steps), 50, max(5, int(choices.steps) // 10)))
+    steps = int(t.max_steps)
+    t.output_dir = str(Path(t.output_dir).expanduser().resolve())
+    t.val_check_interval = max(1, min(steps, 50, max(5, steps // 10)))
     t.log_every_n_steps = 1
-    cfg.optimizer.lr = float(choices.lr)
-    _set_device(cfg, choices.device)
+    _set_device(cfg)
     cfg.system.torch_threads = torch_threads()
     return validate_config(cfg)
 
 
-def _set_device(cfg: Any, device: str) -> None:
-    """auto: a GPU when the training thread finds one (see :func:`resolve_auto_device`)."""
+def _set_device(cfg: Any) -> None:
+    """The panel's device (one of DEVICES) also sets the GPU count; auto: a GPU when the training
+    thread finds one (see :func:`_resolve_auto_device`)."""
+    device = cfg.system.accelerator
     if device not in DEVICES:
-        raise UserError(f"device {device!r}: choose auto, cpu or gpu")
-    cfg.system.accelerator = {"auto": "auto", "cpu": "cpu", "gpu": "gpu"}[device]
+        raise UserError(f"device {device!r}: choose {', '.join(DEVICES)}")
     cfg.system.num_gpus = 1 if device == "gpu" else 0
     cfg.system.devices = None
 
@@ -403,18 +415,13 @@ def held_out_split(label: np.ndarray, fraction: float) -> tuple[np.ndarray, np.n
 
 
 def _hdf5_write(group: Any, name: str, data: Any, *, compress: bool) -> None:
-    """Write an array (numpy, or any lazy array) in blocks of sections so memory stays bounded."""
+    """Write an array (numpy, or any lazy array) in blocks so memory stays bounded."""
+    from ..data.volume_io import create_array, write_data
+
     shape = tuple(int(n) for n in np.shape(data)) if not hasattr(data, "shape") else tuple(data.shape)
-    dtype = np.dtype(data.dtype)
-    options: dict[str, Any] = {"chunks": True}
-    if compress:
-        options.update(compression="gzip", compression_opts=1)
-    dataset = group.create_dataset(name, shape=shape, dtype=dtype, **options)
-    if isinstance(data, np.ndarray) or not shape:
-        dataset[...] = np.asarray(data)
-        return
-    for start in range(0, shape[0], _COPY_SECTIONS):
-        dataset[start:start + _COPY_SECTIONS] = np.asarray(data[start:start + _COPY_SECTIONS])
+    dataset = create_array(group, name, shape, np.dtype(data.dtype), chunks=True,
+                           gzip=1 if compress else None)
+    write_data(dataset, data)
 
 
 def _referenced_image(pair: PairChoice) -> str | None:
@@ -450,13 +457,13 @@ def save_annotations(run_dir: Path, choices: TrainChoices, splits: Mapping[int, 
     a file that still matches, else copied. ``splits`` maps a pair index to its held-out
     (train, val) labels; ``val_label`` is a second Labels layer validating the first pair.
     """
-    import h5py
+    from ..data.volume_io import create_container
 
     saved: list[SavedPair] = []
     for k, pair in enumerate(choices.pairs):
         path = run_dir / (ANNOTATIONS_FILE if k == 0 else f"annotations_{k + 1}.h5")
         reference = _referenced_image(pair)
-        with h5py.File(path, "w") as f:
+        with create_container(path, "hdf5") as f:
             if reference is None:
                 _hdf5_write(f, "image", pair.image, compress=False)
             _hdf5_write(f, "label", pair.label, compress=True)
@@ -547,7 +554,7 @@ def prepare_run(choices: TrainChoices, cfg: Any) -> PreparedRun:
     elif choices.label_mode == "sparse" and not any(pair.from_files for pair in choices.pairs):
         # Files (and dense labels) are split by the data module: the last z-range is held out.
         for k, (pair, label) in enumerate(zip(choices.pairs, labels)):
-            split = held_out_split(label, choices.val_fraction)
+            split = held_out_split(label, float(cfg.data.val_fraction))
             if split is None:
                 warnings.append(f"{pair.name}: the annotation is too small to hold part of it out; "
                                 "validating on the training annotation")
@@ -582,10 +589,10 @@ def prepare_run(choices: TrainChoices, cfg: Any) -> PreparedRun:
 
 
 def _save_validation_labels(run_dir: Path, val_label: np.ndarray) -> str:
-    import h5py
+    from ..data.volume_io import create_container
 
     path = run_dir / ANNOTATIONS_FILE
-    with h5py.File(path, "w") as f:
+    with create_container(path, "hdf5") as f:
         _hdf5_write(f, "val_label", val_label, compress=True)
     return f"{path}:val_label"
 
@@ -617,7 +624,7 @@ def _finetune_model(cfg: Any) -> None:
     """Fine-tuning starts from the checkpoint's own network: take its model section."""
     if not cfg.model.pretrained:
         return
-    from ..training.checkpoint import config_from_checkpoint, load_checkpoint
+    from ..models.checkpoint import config_from_checkpoint, load_checkpoint
 
     source = config_from_checkpoint(load_checkpoint(cfg.model.pretrained), cfg.model.pretrained)
     wanted = int(cfg.model.out_channels)
@@ -711,7 +718,7 @@ def make_preview_callback(image: Any, cfg: Any, every: int, target: PreviewTarge
         def _predict(self, pl_module: Any, step: int) -> PreviewUpdate:
             region = preview_region(np.shape(image), target, window_z)
             device = "cpu" if pl_module.device.type == "cpu" else "auto"
-            options = PredictOptions(roi=region, device=device, overlap=0.25, batch_size=1,
+            options = PredictOptions(roi=region, device=device, batch_size=1,
                                      output_dtype="float32")
             result = predict(pl_module.model, image, options, cfg=cfg)
             probabilities = np.asarray(result.probabilities, dtype=np.float32)

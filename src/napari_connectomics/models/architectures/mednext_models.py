@@ -8,18 +8,46 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...config.errors import ConfigError
+from ...config.errors import ConfigError, format_choices
+from .mednext.presets import MEDNEXT_KERNEL_SIZES, NUM_LEVELS, NUM_STAGES, SIZE_MULTIPLE
 from .registry import register_architecture
 
 __all__: list[str] = []
 
+
+def _check_kernel(model: Any) -> None:
+    if model.kernel_size not in MEDNEXT_KERNEL_SIZES:
+        raise ConfigError("model.kernel_size", model.kernel_size,
+                          f"MedNeXt kernels: choose one of {format_choices(MEDNEXT_KERNEL_SIZES)}")
+
+
+def _check_stages(model: Any) -> None:
+    """mednext_custom's per-stage options: an int or one value per stage."""
+    from omegaconf import OmegaConf
+
+    exp_r = model.mednext_exp_r
+    exp_list = list(exp_r) if OmegaConf.is_list(exp_r) else [exp_r]
+    if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in exp_list) or (
+        OmegaConf.is_list(exp_r) and len(exp_list) != NUM_STAGES
+    ):
+        plain = OmegaConf.to_container(exp_r) if OmegaConf.is_config(exp_r) else exp_r
+        raise ConfigError("model.mednext_exp_r", plain,
+                          f"give a positive int or a list of {NUM_STAGES} positive ints")
+    counts = list(model.mednext_block_counts)
+    if len(counts) != NUM_STAGES or any(c < 1 for c in counts):
+        raise ConfigError("model.mednext_block_counts", counts, f"give {NUM_STAGES} positive ints (one per stage)")
+
+
 MEDNEXT_SPEC = dict(
-    size_multiple=16,  # four stride-2 levels
+    size_multiple=SIZE_MULTIPLE,
     min_voxels_at_bottom=2,  # GroupNorm at the bottleneck needs more than one voxel
-    bottom_factor=16,
+    bottom_factor=SIZE_MULTIPLE,
     deep_supervision=True,
-    output_scales=5,
+    output_scales=NUM_LEVELS + 1,  # full resolution and one head per level
+    checks=(_check_kernel,),
 )
+_COMMON_FIELDS = ("kernel_size", "deep_supervision", "deep_supervision_weights", "mednext_norm", "mednext_grn",
+                  "mednext_checkpoint")
 
 
 def _dim(cfg: Any) -> str:
@@ -35,16 +63,11 @@ def _official():
     return nnunet_mednext
 
 
-def _wrap(network, cfg: Any, name: str):
+def _wrap(network):
+    """The network behind the ConnectomicsModel interface; the spec stamps its facts on."""
     from .wrappers import MedNeXtModel
 
-    return MedNeXtModel(
-        network,
-        deep_supervision=cfg.model.deep_supervision,
-        architecture=name,
-        spatial_dims=cfg.model.spatial_dims,
-        size_multiple=16,
-    )
+    return MedNeXtModel(network)
 
 
 def _checkpoint_style(cfg: Any, preset_default: str | None) -> str | None:
@@ -56,16 +79,18 @@ def _checkpoint_style(cfg: Any, preset_default: str | None) -> str | None:
 
 
 @register_architecture("mednext", description="MedNeXt v1 presets S/B/M/L, kernels 3/5/7, deep supervision",
-                       **MEDNEXT_SPEC)
+                       fields=("mednext_size", *_COMMON_FIELDS),
+                       none_labels={"mednext_checkpoint": "preset's choice (M/L on)"}, **MEDNEXT_SPEC)
 def build_mednext(cfg: Any):
     m = cfg.model
     if m.mednext_impl == "official":
         network = _official().create_mednext_v1(
             num_input_channels=m.in_channels, num_classes=m.out_channels, model_id=m.mednext_size,
             kernel_size=m.kernel_size, deep_supervision=m.deep_supervision)
-        return _wrap(network, cfg, "mednext")
+        return _wrap(network)
 
-    from .mednext import MEDNEXT_PRESETS, create_mednext_v1
+    from .mednext import create_mednext_v1
+    from .mednext.presets import MEDNEXT_PRESETS
 
     network = create_mednext_v1(
         num_input_channels=m.in_channels,
@@ -78,11 +103,14 @@ def build_mednext(cfg: Any):
         grn=m.mednext_grn,
         checkpoint_style=_checkpoint_style(cfg, MEDNEXT_PRESETS[m.mednext_size]["checkpoint_style"]),
     )
-    return _wrap(network, cfg, "mednext")
+    return _wrap(network)
 
 
 @register_architecture("mednext_custom", description="MedNeXt v1 with every parameter from the config",
-                       **MEDNEXT_SPEC)
+                       fields=("mednext_base_channels", "mednext_exp_r", "mednext_block_counts", *_COMMON_FIELDS[:3],
+                               "mednext_do_res", "mednext_do_res_up_down", *_COMMON_FIELDS[3:]),
+                       none_labels={"mednext_checkpoint": "off (default)"},
+                       **{**MEDNEXT_SPEC, "checks": (_check_kernel, _check_stages)})
 def build_mednext_custom(cfg: Any):
     from omegaconf import OmegaConf
 
@@ -107,8 +135,8 @@ def build_mednext_custom(cfg: Any):
         from nnunet_mednext.mednextv1 import MedNeXt  # type: ignore[import-not-found]
 
         _official()
-        return _wrap(MedNeXt(**params), cfg, "mednext_custom")
+        return _wrap(MedNeXt(**params))
 
     from .mednext import MedNeXt
 
-    return _wrap(MedNeXt(**params), cfg, "mednext_custom")
+    return _wrap(MedNeXt(**params))

@@ -14,6 +14,23 @@ from .registry import power_of_two_multiple, register_architecture
 __all__: list[str] = []
 
 MONAI_NORMS = ("batch", "instance", "group")
+TRANSFORMER_NORMS = ("batch", "instance")
+UNETR_FEATURE_SIZE = 16  # model.feature_size when unset
+SWIN_FEATURE_SIZE = 24
+SWIN_FEATURE_MULTIPLE = 12  # SwinUNETR refuses feature sizes not divisible by 12
+
+
+def _check_unetr(model: Any) -> None:
+    if model.hidden_size % model.num_heads:
+        raise ConfigError("model.num_heads", model.num_heads,
+                          f"model.hidden_size ({model.hidden_size}) must be divisible by it")
+
+
+def _check_swin(model: Any) -> None:
+    feature_size = model.feature_size or SWIN_FEATURE_SIZE
+    if feature_size % SWIN_FEATURE_MULTIPLE:
+        raise ConfigError("model.feature_size", model.feature_size,
+                          f"SwinUNETR needs a multiple of {SWIN_FEATURE_MULTIPLE}, e.g. 24 or 48")
 
 
 def _norm(cfg: Any, channels: list[int]) -> tuple | str:
@@ -29,16 +46,11 @@ def _norm(cfg: Any, channels: list[int]) -> tuple | str:
     return norm
 
 
-def _wrap(model, cfg: Any, name: str, multiple: int, fixed: list[int] | None = None):
+def _wrap(model):
+    """The MONAI network behind the ConnectomicsModel interface; the spec stamps its facts on."""
     from .wrappers import MONAIModelWrapper
 
-    return MONAIModelWrapper(
-        model,
-        architecture=name,
-        spatial_dims=cfg.model.spatial_dims,
-        size_multiple=multiple,
-        fixed_input_size=fixed,
-    )
+    return MONAIModelWrapper(model)
 
 
 def _basic_unet_features(filters: list[int]) -> tuple[int, ...]:
@@ -58,6 +70,7 @@ def _basic_unet_features(filters: list[int]) -> tuple[int, ...]:
     description="MONAI BasicUNet: a plain 4-level U-Net (2D or 3D)",
     size_multiple=16,
     norms=MONAI_NORMS,
+    fields=("filters", "norm", "activation", "dropout"),
 )
 def build_basic_unet(cfg: Any):
     from monai.networks.nets import BasicUNet
@@ -72,7 +85,7 @@ def build_basic_unet(cfg: Any):
         norm=_norm(cfg, list(features)),
         dropout=cfg.model.dropout,
     )
-    return _wrap(model, cfg, "monai_basic_unet3d", 16)
+    return _wrap(model)
 
 
 def _unet_multiple(model_cfg: Any) -> int:
@@ -84,6 +97,7 @@ def _unet_multiple(model_cfg: Any) -> int:
     description="MONAI UNet with residual units; depth from model.filters",
     size_multiple=_unet_multiple,
     norms=MONAI_NORMS,
+    fields=("filters", "kernel_size", "num_res_units", "norm", "activation", "dropout"),
 )
 def build_monai_unet(cfg: Any):
     from monai.networks.nets import UNet
@@ -102,7 +116,7 @@ def build_monai_unet(cfg: Any):
         norm=_norm(cfg, channels),
         dropout=cfg.model.dropout,
     )
-    return _wrap(model, cfg, "monai_unet", _unet_multiple(cfg.model))
+    return _wrap(model)
 
 
 @register_architecture(
@@ -110,7 +124,10 @@ def build_monai_unet(cfg: Any):
     description="MONAI UNETR: ViT encoder on 16-voxel patches, fixed input size",
     size_multiple=16,
     fixed_input_size=True,
-    norms=("batch", "instance"),
+    norms=TRANSFORMER_NORMS,
+    fields=("input_size", "feature_size", "hidden_size", "mlp_dim", "num_heads", "pos_embed", "norm", "dropout"),
+    unset_defaults={"feature_size": UNETR_FEATURE_SIZE},
+    checks=(_check_unetr,),
     requires=("einops",),
 )
 def build_unetr(cfg: Any):
@@ -118,15 +135,12 @@ def build_unetr(cfg: Any):
 
     from ...config import effective_input_size
 
-    if cfg.model.hidden_size % cfg.model.num_heads:
-        raise ConfigError("model.num_heads", cfg.model.num_heads,
-                          f"model.hidden_size ({cfg.model.hidden_size}) must be divisible by it")
     size = effective_input_size(cfg)
     model = UNETR(
         in_channels=cfg.model.in_channels,
         out_channels=cfg.model.out_channels,
         img_size=tuple(size),
-        feature_size=cfg.model.feature_size or 16,
+        feature_size=cfg.model.feature_size or UNETR_FEATURE_SIZE,
         hidden_size=cfg.model.hidden_size,
         mlp_dim=cfg.model.mlp_dim,
         num_heads=cfg.model.num_heads,
@@ -135,23 +149,24 @@ def build_unetr(cfg: Any):
         dropout_rate=cfg.model.dropout,
         spatial_dims=cfg.model.spatial_dims,
     )
-    return _wrap(model, cfg, "monai_unetr", 16, fixed=size)
+    return _wrap(model)
 
 
 @register_architecture(
     "monai_swin_unetr",
     description="MONAI SwinUNETR: shifted-window transformer encoder, sizes multiple of 32",
     size_multiple=32,
-    norms=("batch", "instance"),
+    norms=TRANSFORMER_NORMS,
+    fields=("feature_size", "norm", "dropout", "attn_drop_rate", "dropout_path_rate", "use_checkpoint"),
+    unset_defaults={"feature_size": SWIN_FEATURE_SIZE},
+    checks=(_check_swin,),
     requires=("einops",),
 )
 def build_swin_unetr(cfg: Any):
     # MONAI >= 1.5 removed `img_size`: the network adapts to any multiple of 32.
     from monai.networks.nets import SwinUNETR
 
-    feature_size = cfg.model.feature_size or 24
-    if feature_size % 12:
-        raise ConfigError("model.feature_size", feature_size, "SwinUNETR needs a multiple of 12, e.g. 24 or 48")
+    feature_size = cfg.model.feature_size or SWIN_FEATURE_SIZE
     model = SwinUNETR(
         in_channels=cfg.model.in_channels,
         out_channels=cfg.model.out_channels,
@@ -163,7 +178,7 @@ def build_swin_unetr(cfg: Any):
         use_checkpoint=cfg.model.use_checkpoint,
         spatial_dims=cfg.model.spatial_dims,
     )
-    return _wrap(model, cfg, "monai_swin_unetr", 32)
+    return _wrap(model)
 
 
 @register_architecture(
@@ -171,6 +186,7 @@ def build_swin_unetr(cfg: Any):
     description="MONAI SegResNet: residual encoder-decoder (3 downsamplings)",
     size_multiple=8,
     norms=MONAI_NORMS,
+    fields=("init_filters", "norm", "activation", "dropout"),
 )
 def build_segresnet(cfg: Any):
     from monai.networks.nets import SegResNet
@@ -185,4 +201,4 @@ def build_segresnet(cfg: Any):
         act=cfg.model.activation,
         norm=_norm(cfg, [init_filters]),
     )
-    return _wrap(model, cfg, "monai_segresnet", 8)
+    return _wrap(model)

@@ -30,8 +30,8 @@ class MedNeXtModel(ConnectomicsModel):
     inference neither computes nor returns them.
     """
 
-    def __init__(self, network: nn.Module, deep_supervision: bool, **info: Any) -> None:
-        super().__init__(supports_deep_supervision=deep_supervision, output_scales=5, **info)
+    def __init__(self, network: nn.Module, **info: Any) -> None:
+        super().__init__(**info)
         self.network = network
 
     def forward(self, x: torch.Tensor) -> ModelOutput:

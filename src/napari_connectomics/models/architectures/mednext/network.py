@@ -20,15 +20,12 @@ from .blocks import (
     OutBlock,
     conv_class,
 )
+from .presets import CHECKPOINT_STYLES, NUM_LEVELS, NUM_STAGES, SIZE_MULTIPLE
 
 __all__ = ["CHECKPOINT_STYLES", "NUM_STAGES", "SIZE_MULTIPLE", "MedNeXt", "check_input_shape"]
 
 logger = logging.getLogger(__name__)
 
-NUM_STAGES = 9  # enc0..enc3, bottleneck, dec3..dec0
-NUM_LEVELS = 4  # stride-2 resamplings
-SIZE_MULTIPLE = 2**NUM_LEVELS
-CHECKPOINT_STYLES = (None, "outside_block")
 
 
 def check_input_shape(shape: Sequence[int], dim: str) -> None:
