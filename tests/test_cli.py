@@ -90,3 +90,16 @@ def test_demo_runs_every_architecture_on_the_synthetic_sample():
     assert f"Architecture sweep done: {expected} networks ran" in result.stderr
     for row in listing:
         assert f"{row['name']:<20} 3D" in result.stderr
+
+
+def test_training_output_shows_no_library_noise(tmp_path):
+    """Our progress and results, not Lightning's advertisement or its own deprecation warning;
+    --verbose brings the libraries' messages back; the verbosity flags work after the command too."""
+    quiet = run_cli("demo", "--steps", "2", "--output", str(tmp_path / "quiet"))
+    assert quiet.returncode == 0, quiet.stderr
+    for noise in ("litlogger", "LeafSpec", "DeprecationWarning"):
+        assert noise not in quiet.stderr + quiet.stdout
+    assert "foreground IoU" in quiet.stdout
+    verbose = run_cli("demo", "--steps", "2", "--output", str(tmp_path / "verbose"), "--verbose")
+    assert verbose.returncode == 0 and "litlogger" in verbose.stderr
+    assert run_cli("info", "mednext", "-q").returncode == 0

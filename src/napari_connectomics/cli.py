@@ -30,29 +30,30 @@ def build_parser() -> argparse.ArgumentParser:
         description="Deep-learning segmentation of EM volumes (MONAI, MedNeXt, Lightning).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    _add_verbosity(parser, False)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_verbosity(common, argparse.SUPPRESS)  # after the command too, without resetting the global flags
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("list-architectures", help="the registered architectures")
+    p = sub.add_parser("list-architectures", parents=[common], help="the registered architectures")
     p.add_argument("--json", action="store_true", help="one JSON list on stdout")
     p.add_argument("--markdown", action="store_true", help="a Markdown table (for the README)")
     p.set_defaults(func=cmd_list_architectures)
 
-    p = sub.add_parser("info", help="parameters, deep-supervision scales and size rules of one architecture")
+    p = sub.add_parser("info", parents=[common], help="parameters, deep-supervision scales and size rules of one architecture")
     p.add_argument("architecture", help="a name from list-architectures")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides; keys without a section are model keys (mednext_size=B)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("train", help="train a network from a config (YAML + key=value overrides)")
+    p = sub.add_parser("train", parents=[common], help="train a network from a config (YAML + key=value overrides)")
     p.add_argument("--config", help="YAML config; unset keys keep their defaults")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. training.max_steps=200")
     p.add_argument("--resume", metavar="CKPT", help="continue a run from its checkpoint (optimizer, schedule, step)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("predict", help="segment a volume with a checkpoint (sliding window, block-wise, any size)")
+    p = sub.add_parser("predict", parents=[common], help="segment a volume with a checkpoint (sliding window, block-wise, any size)")
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint of napari-connectomics train")
     p.add_argument("--input", required=True, metavar="PATH[:key]", help="volume: file.h5:key, file.zarr/array, .tif, .npy")
     p.add_argument("--output", required=True, metavar="PATH[:key]",
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("evaluate", help="score a prediction against labels (semantic and instance metrics)")
+    p = sub.add_parser("evaluate", parents=[common], help="score a prediction against labels (semantic and instance metrics)")
     p.add_argument("--prediction", required=True, metavar="PATH[:key]",
                    help="labels or probabilities; a prediction file's 'labels' array when no key is given")
     p.add_argument("--label", required=True, metavar="PATH[:key]", help="ground truth")
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="the embedded default end to end: train, predict, evaluate on the synthetic sample")
+    p = sub.add_parser("demo", parents=[common], help="the embedded default end to end: train, predict, evaluate on the synthetic sample")
     p.add_argument("--data", metavar="PATH[:key]", help="a labelled volume (its :label beside it) instead of the sample")
     p.add_argument("--output", help="folder for the run, prediction.zarr, overlay.png, scores (default outputs/demo)")
     p.add_argument("--steps", type=int, help="training steps (default: the demo's, about 40 s on two CPU cores)")
@@ -112,11 +113,34 @@ def _choices(section: str, name: str) -> tuple:
     return tuple(c for c in schema.__dataclass_fields__[name].metadata["choices"] if c is not None)
 
 
+def _add_verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks and debug logs")
+    level = parser.add_mutually_exclusive_group()
+    level.add_argument("-q", "--quiet", action="store_true", default=default, help="only warnings and errors")
+    level.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="also the libraries' own messages (Lightning, MONAI)")
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """Our progress and results, not library noise: Lightning's advertisement and its own pytree
+    deprecation warning are dropped unless --verbose."""
+    import warnings
+
+    if verbose:
+        return
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    advert = logging.Filter()
+    advert.filter = lambda record: not str(record.getMessage()).startswith("\N{ELECTRIC LIGHT BULB} Tip")  # type: ignore
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(advert)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    _quiet_libraries(args.verbose or args.debug)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
