@@ -22,8 +22,11 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/napari-connectomics demo
 
-# pytest-xvfb starts a virtual display for the napari tests when there is none.
+# The napari tests need a virtual display: tools/system-packages.sh installs Xvfb and the Qt
+# libraries (as root with apt-get), or says how and the napari tests are skipped (tests/conftest.py).
+# pytest-xvfb starts the virtual display when there is none.
 test: install
+	bash tools/system-packages.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 validate: install

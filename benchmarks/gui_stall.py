@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patch", default="16,64,64", help="training patch z,y,x")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--filters", default="8,8,16,32,64,8", help="monai_basic_unet3d filters")
-    parser.add_argument("--preview-every", type=int, default=10, help="live preview interval (0: off)")
+    parser.add_argument("--preview-every", type=int, help="live preview interval in seconds (0: off; default: the panel's)")
     parser.add_argument("--output", default=None, help="run folder root (default: a temporary folder)")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of ticks without training first")
     parser.add_argument("--hidden", action="store_true", help="do not show the viewer window")
@@ -172,14 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     panel.patch_size.value = args.patch
     panel.batch_size.value = args.batch
     panel.steps.value = args.steps
-    panel.preview_every.value = args.preview_every
+    if args.preview_every is not None:
+        panel.preview_every.value = args.preview_every
     panel.output_dir.value = output
     app.processEvents()
 
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"cores: {os.cpu_count()} (load average {load}), torch threads: all but one; "
           f"python {sys.version.split()[0]}, napari {napari.__version__}, display {os.environ.get('DISPLAY', '-')}")
-    print(f"patch {args.patch}, batch {args.batch}, filters [{args.filters}], preview every {args.preview_every}")
+    print(f"patch {args.patch}, batch {args.batch}, filters [{args.filters}], preview every {panel.preview_every.value} s")
     print()
     print("| run | steps | wall s | longest stall ms | after 1st loss ms | p99 gap ms | median gap ms |")
     print("|---|---|---|---|---|---|---|")

@@ -27,6 +27,7 @@ from qtpy.QtWidgets import QApplication, QScrollArea  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from napari_connectomics.config import load_config  # noqa: E402
+from napari_connectomics.widgets.live_feedback import PREVIEW_SECONDS  # noqa: E402
 from napari_connectomics.widgets.session import session_for  # noqa: E402
 
 logger = logging.getLogger("make_screenshots")
@@ -121,7 +122,7 @@ def main() -> None:
     train.patch_size.value = "128, 128"
     train.batch_size.value = 8
     train.steps.value = args.steps
-    train.preview_every.value = 25
+    train.preview_every.value = PREVIEW_SECONDS
     train.output_dir.value = str(runs)
     train.train_button.click()
     wait_until(lambda: not train.running, 1800, "training")

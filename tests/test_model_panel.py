@@ -45,6 +45,7 @@ def errors_since(start: int) -> list[str]:
 def test_mednext_options_reach_the_session_and_the_info(panel, qtbot):
     panel.architecture.value = "mednext"
     assert {"mednext_size", "kernel_size", "deep_supervision", "mednext_norm"} <= set(panel.option_names)
+    panel.option("spatial_dims").value = 3  # the panels start 2D on a CPU (widgets/defaults.py)
     panel.option("mednext_size").value = "B"
     panel.option("kernel_size").value = 5
     panel.option("deep_supervision").value = True

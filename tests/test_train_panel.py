@@ -202,7 +202,8 @@ def test_train_stop_continue_preview_and_stall(setup, qtbot, tmp_path, record_pr
 
     preview = viewer.layers["synthetic EM preview"]
     np.testing.assert_allclose(preview.scale, image.scale)
-    assert preview.data.dtype == np.uint8 and preview.data.shape[1:] == image.data.shape[1:]
+    assert preview.data.dtype == np.float32 and preview.data.shape[1:] == image.data.shape[1:]
+    assert 0.0 <= preview.data.min() and preview.data.max() <= 1.0  # foreground probability
     assert panel.preview_target.z == 10
 
     stopped_at = result.global_step

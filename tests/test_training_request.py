@@ -165,19 +165,23 @@ def test_annotation_checks():
     assert check_annotations(ids, "dense", "instance") == []
 
 
-def test_held_out_split_keeps_the_last_annotated_sections(sample):
+def test_held_out_split_keeps_every_painted_section_for_training(sample):
     labels = painted(sample, sections=(4, 6, 8, 10))
-    train, val, where = held_out_split(labels, 0.25)
+    train, val, where = held_out_split(labels, 0.25, "pieces", seed=0)
+    assert "tiles of 4 of 4 annotated sections" in where
+    assert all(train[z].any() for z in (4, 6, 8, 10)) and val.any()
+    assert not (train.astype(bool) & val.astype(bool)).any()
+    train, val, where = held_out_split(labels, 0.25, "sections", seed=0)
     assert "1 of 4 annotated sections" in where
     assert not val[:10].any() and (val[10] == labels[10]).all()
     assert not train[10].any() and (train[:10] == labels[:10]).all()
     one_section = painted(sample, sections=(5,))
-    train, val, where = held_out_split(one_section, 0.2)
+    train, val, where = held_out_split(one_section, 0.2, "sections", seed=0)
     assert "rows" in where and train.any() and val.any()
     assert not (train.astype(bool) & val.astype(bool)).any()
     dot = np.zeros((4, 8, 8), np.uint8)
     dot[1, 2, 3] = 2
-    assert held_out_split(dot, 0.2) is None
+    assert held_out_split(dot, 0.2, "pieces", seed=0) is None
 
 
 def test_preview_region_follows_the_view():
@@ -201,7 +205,7 @@ def test_prepare_run_saves_annotations_and_points_the_config_at_them(sample, tmp
         assert set(f) == {"image", "label", "train_label", "val_label"}
         np.testing.assert_array_equal(f["image"][...], sample.image)
         np.testing.assert_array_equal(f["label"][...], labels_before)
-        assert not f["train_label"][10].any() and f["val_label"][10].any()
+        assert all(f["train_label"][z].any() for z in (4, 6, 8, 10)) and f["val_label"][...].any()
         assert list(f["image"].attrs["scale"]) == [30.0, 8.0, 8.0]
     d = prepared.cfg.data
     assert d.train_image == f"{run / 'annotations.h5'}:image"

@@ -236,6 +236,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .training import train
+    from .training.module import monitored_metric
 
     cfg = load_config(args.config, args.overrides)
     result = train(cfg, resume=args.resume, enable_progress_bar=not args.quiet)
@@ -249,7 +250,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"best {result.monitor}": f"{result.best_score:.4f}" if result.best_score is not None else "-",
         "last checkpoint": str(result.last_checkpoint),
     }
-    for key in ("val/dice", "val/iou", "val/loss"):
+    summary["validation"] = result.validation or "-"
+    for name in ("val/dice", "val/iou", "val/loss"):
+        key = monitored_metric(name, result.held_out)  # train_eval/...: scored on the training data
         if key in result.metrics:
             summary[f"last {key}"] = f"{result.metrics[key]:.4f}"
     width = max(map(len, summary))

@@ -146,8 +146,13 @@ class DataConfig:
     train_label: Optional[str] = knob(None, "training labels, same shape as the image")
     val_image: Optional[str] = knob(None, "validation image (else a z-range of the training volume)")
     val_label: Optional[str] = knob(None, "validation labels")
-    val_fraction: float = knob(0.2, "last fraction of z held out for validation when no val_image is given",
+    val_fraction: float = knob(0.2, "share held out for validation when no val_image is given: the last z-range "
+                               "(dense labels), or see sparse_validation",
                                minimum=0.0, maximum=0.9)
+    sparse_validation: str = knob(
+        "pieces", "what sparse labels hold out (without data.val_image): 'pieces', val_fraction of each annotated "
+        "section in tiles; 'sections', the last annotated sections; 'none', scores on the training annotation",
+        choices=("pieces", "sections", "none"))
     patch_size: Optional[list[int]] = knob(None, "training patch, z-y-x (y-x for 2D); default 32x128x128 or 256x256")
     voxel_size: list[float] = knob([1.0, 1.0, 1.0], "physical voxel size z-y-x (anisotropic EM is common)")
     batch_size: int = knob(2, "patches per step", minimum=1)

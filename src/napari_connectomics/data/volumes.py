@@ -247,6 +247,11 @@ class Volume:
         return isinstance(self._backend, _MemoryBackend) and isinstance(self._backend.array, np.ndarray)
 
     @property
+    def file_spec(self) -> str | None:
+        """The spec that reopens this volume from its file (``file.h5:key``); None for an array."""
+        return None if isinstance(self._backend, _MemoryBackend) else self.source
+
+    @property
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 
 from ..progress import Progress, ProgressCallback, emit
+from .module import TRAIN_EVAL
 
 __all__ = ["ProgressRelay"]
 
@@ -58,5 +59,6 @@ class ProgressRelay(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        metrics = _floats(trainer.callback_metrics, "val/")
+        scores = trainer.callback_metrics  # train_eval/: validation on the training data (nothing held out)
+        metrics = _floats(scores, "val/") | _floats(scores, f"{TRAIN_EVAL}/")
         emit(self.callbacks, Progress(trainer.global_step, self._total(trainer), "validation", metrics, stage="validate"))

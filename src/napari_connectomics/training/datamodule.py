@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..data.augment import build_augmentation
 from ..data.checks import check_finite, check_patch_fits, label_range
 from ..data.dataset import PatchDataset, ValidationPatches, VolumePair, split_z
+from ..data.splits import split_sparse
 from ..data.volumes import open_volume
 from ..registry import TARGETS
 
@@ -29,7 +30,7 @@ class TrainingData:
     """Volumes handed over directly (numpy/dask arrays, napari layer data, Volume objects or paths).
 
     ``train`` and ``val`` are (image, label) pairs; without ``val`` the config decides (a held-out
-    z-range of each training volume).
+    z-range of each dense training volume, pieces of each annotated section of sparse ones).
     """
 
     train: Sequence[tuple[Any, Any]]
@@ -85,6 +86,8 @@ class VolumeDataModule(L.LightningDataModule):
         self.train_set: PatchDataset | None = None
         self._memory: dict[str, Any] = {}
         self.val_set: ValidationPatches | None = None
+        self.held_out = True  # False once setup finds no held-out data: validation runs on the training data
+        self.validation = ""  # what validates, one line (set by setup)
 
     # --- which volumes ---------------------------------------------------------------------------
     def _pairs(self) -> tuple[list[VolumePair], list[VolumePair]]:
@@ -105,6 +108,8 @@ class VolumeDataModule(L.LightningDataModule):
         train = [(self._cached(i), self._cached(l)) for i, l in train]
         val = [(self._cached(i), self._cached(l)) for i, l in val]
         if val:
+            self.validation = "separate validation volumes: " + ", ".join(l.source for _, l in val)
+            logger.info("validation: %s", self.validation)
             return [VolumePair(i, l) for i, l in train], [VolumePair(i, l) for i, l in val]
         return self._split(train)
 
@@ -122,21 +127,48 @@ class VolumeDataModule(L.LightningDataModule):
         return self._memory[key]
 
     def _split(self, train: list[tuple[Any, Any]]) -> tuple[list[VolumePair], list[VolumePair]]:
-        """Hold out the last `data.val_fraction` of z of each training volume for validation."""
-        fraction = self.cfg.data.val_fraction
-        train_pairs, val_pairs = [], []
+        """Hold out part of each training volume for validation (the last z-range of dense labels, see
+        :mod:`..data.splits` for sparse ones); without any held-out part, validate on the training data
+        and say so (:attr:`held_out` False: its scores are logged as ``train_eval/``)."""
+        train_pairs, val_pairs, notes = [], [], []
         for image, label in train:
-            n_z = label.shape[0] if label.ndim == 3 else 1
-            if fraction <= 0 or n_z < 2:
-                logger.warning("validating on the training volume %s (no held-out part: %s)", image.source,
-                               "data.val_fraction is 0" if fraction <= 0 else "it has a single z-slice")
-                train_pairs.append(VolumePair(image, label))
-                val_pairs.append(VolumePair(image, label))
-                continue
-            train_z, val_z = split_z(n_z, fraction)
-            train_pairs.append(VolumePair(image, label, z_range=train_z))
-            val_pairs.append(VolumePair(image, label, z_range=val_z))
+            pair_train, pair_val, note = (self._split_sparse if self.cfg.data.label_mode == "sparse"
+                                          else self._split_dense)(image, label)
+            train_pairs.append(pair_train)
+            val_pairs += [pair_val] if pair_val is not None else []
+            notes.append(f"{label.source}: {note}")
+        self.held_out = bool(val_pairs)
+        if not val_pairs:
+            logger.warning("validation scores are computed on the training annotation, logged as train_eval/ "
+                           "(%s)", "; ".join(notes))
+            val_pairs = list(train_pairs)
+        self.validation = "; ".join(notes)
+        logger.info("validation: %s", self.validation)
         return train_pairs, val_pairs
+
+    def _split_dense(self, image: Any, label: Any) -> tuple[VolumePair, VolumePair | None, str]:
+        fraction = self.cfg.data.val_fraction
+        n_z = label.shape[0] if label.ndim == 3 else 1
+        if fraction <= 0 or n_z < 2:
+            why = "data.val_fraction is 0" if fraction <= 0 else "a single z-section"
+            return VolumePair(image, label), None, f"nothing held out ({why})"
+        train_z, val_z = split_z(n_z, fraction)
+        return (VolumePair(image, label, z_range=train_z), VolumePair(image, label, z_range=val_z),
+                f"sections {val_z[0]}-{val_z[1] - 1} of {n_z} held out")
+
+    def _split_sparse(self, image: Any, label: Any) -> tuple[VolumePair, VolumePair | None, str]:
+        d = self.cfg.data
+        nbytes = label.size * np.dtype(label.dtype).itemsize
+        if not label.in_memory and nbytes > d.in_memory_mb * 2**20:  # no whole-volume split
+            logger.warning("%s is larger than data.in_memory_mb: holding out the last z-range instead of pieces "
+                           "of each annotated section (or give data.val_image/val_label)", label.source)
+            return self._split_dense(image, label)
+        split = split_sparse(label.read(), float(d.val_fraction), d.sparse_validation, int(self.cfg.system.seed))
+        if not split.held_out:
+            return VolumePair(image, label), None, split.description
+        train_label, val_label = open_volume(split.train), open_volume(split.val)
+        train_label.source, val_label.source = f"{label.source} (training part)", f"{label.source} (held out)"
+        return VolumePair(image, train_label), VolumePair(image, val_label), split.description
 
     # --- Lightning hooks -------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:

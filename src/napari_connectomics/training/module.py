@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -15,12 +16,15 @@ from .checkpoint import CONFIG_KEY, config_container
 from .metrics import SegmentationMetrics
 from .optim import build_optimizer, build_schedulers
 
-__all__ = ["NonFiniteLossError", "SegmentationModule", "LOGGED_METRICS"]
+__all__ = ["LOGGED_METRICS", "TRAIN_EVAL", "NonFiniteLossError", "SegmentationModule", "monitored_metric"]
 
 logger = logging.getLogger(__name__)
 
-# What this module logs (checkpoint.monitor must be one of them).
+# What this module logs (checkpoint.monitor must be one of them). Scores of a validation that runs on
+# the training data (nothing held out) are logged under TRAIN_EVAL instead of "val", never mistaken
+# for held-out ones; a monitor "val/x" then follows "train_eval/x" (see :func:`monitored_metric`).
 LOGGED_METRICS = ("val/loss", "val/dice", "val/iou", "train/loss")
+TRAIN_EVAL = "train_eval"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -35,9 +39,10 @@ class SegmentationModule(L.LightningModule):
     the first non-finite loss stops the run there.
     """
 
-    def __init__(self, cfg: DictConfig, model: torch.nn.Module | None = None) -> None:
+    def __init__(self, cfg: DictConfig, model: torch.nn.Module | None = None, *, held_out: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
+        self.eval_prefix = "val" if held_out else TRAIN_EVAL  # where validation scores are logged
         self.model = model if model is not None else build_model(cfg)
         self.criterion = build_loss(cfg)
         self.num_classes = max(2, int(cfg.model.out_channels))
@@ -83,8 +88,8 @@ class SegmentationModule(L.LightningModule):
             logits = logits["output"]
         loss, _ = self.criterion(logits, batch["label"])
         self.val_metrics.update(logits.detach(), batch["label"])
-        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0],
-                 sync_dist=True)
+        self.log(f"{self.eval_prefix}/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=batch["image"].shape[0], sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer is not None and self.trainer.world_size > 1:
@@ -93,17 +98,42 @@ class SegmentationModule(L.LightningModule):
             self.val_metrics.counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
         metrics = self.val_metrics.compute()
         self.val_metrics.reset()
-        values = {"val/dice": metrics["dice/mean_fg"], "val/iou": metrics["iou/mean_fg"]}
-        values |= {f"val/{k}": v for k, v in metrics.items() if "/class_" in k}
+        p = self.eval_prefix
+        values = {f"{p}/dice": metrics["dice/mean_fg"], f"{p}/iou": metrics["iou/mean_fg"]}
+        values |= {f"{p}/{k}": v for k, v in metrics.items() if "/class_" in k}
         clean = {k: torch.nan_to_num(torch.as_tensor(v, dtype=torch.float32), nan=0.0) for k, v in values.items()}
-        self.log("val/dice", clean.pop("val/dice"), prog_bar=True)
+        self.log(f"{p}/dice", clean.pop(f"{p}/dice"), prog_bar=True)
         self.log_dict(clean)
 
     # --- optimisation and checkpoints ------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         optimizer = build_optimizer(self.cfg, self.model.parameters())
-        schedulers = build_schedulers(self.cfg, optimizer, int(self.trainer.estimated_stepping_batches))
+        schedulers = build_schedulers(self.cfg, optimizer, int(self.trainer.estimated_stepping_batches),
+                                      time_fraction=_time_fraction(self.trainer),
+                                      monitor=monitored_metric("val/loss", self.eval_prefix == "val"))
         return ([optimizer], schedulers) if schedulers else optimizer
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = config_container(self.cfg)
+
+
+def monitored_metric(name: str, held_out: bool) -> str:
+    """The key a metric of the config (``val/...``) is logged under: ``train_eval/...`` when nothing
+    is held out, since validation then scores the training data."""
+    return f"{TRAIN_EVAL}/{name.removeprefix('val/')}" if not held_out and name.startswith("val/") else name
+
+
+def _time_fraction(trainer: L.Trainer) -> Callable[[], float] | None:
+    """The elapsed share of ``training.max_time`` (Lightning's Timer, resumed runs included), or None."""
+    from lightning.pytorch.callbacks import Timer
+
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)  # type: ignore[attr-defined]
+    if timer is None or timer.time_remaining() is None:
+        return None
+
+    def fraction() -> float:
+        elapsed = timer.time_elapsed()
+        budget = elapsed + (timer.time_remaining() or 0.0)
+        return min(1.0, elapsed / budget) if budget > 0 else 1.0
+
+    return fraction

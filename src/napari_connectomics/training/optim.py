@@ -29,8 +29,14 @@ def build_optimizer(cfg: DictConfig, parameters: Iterable[torch.nn.Parameter]) -
     raise ValueError(f"optimizer.name: {opt.name!r} is not valid; choose one of AdamW, Adam, SGD")
 
 
-def lr_multiplier(cfg: DictConfig, total_steps: int) -> Callable[[int], float]:
-    """Multiplier of the base learning rate at optimizer step ``step`` (0-based)."""
+def lr_multiplier(cfg: DictConfig, total_steps: int,
+                  time_fraction: Callable[[], float] | None = None) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at optimizer step ``step`` (0-based).
+
+    With a time budget (``time_fraction``: the elapsed share of ``training.max_time``) cosine and poly
+    decay over whichever ends the run first, steps or time: a run that the clock ends still reaches
+    ``scheduler.min_lr``. Warm-up is counted in steps.
+    """
     sched = cfg.scheduler
     warmup = max(0, int(sched.warmup_steps))
     floor = sched.min_lr / cfg.optimizer.lr if cfg.optimizer.lr > 0 else 0.0
@@ -40,6 +46,8 @@ def lr_multiplier(cfg: DictConfig, total_steps: int) -> Callable[[int], float]:
         if step < warmup:
             return (step + 1) / (warmup + 1)
         t = min(1.0, (step - warmup) / decay_steps)
+        if time_fraction is not None:
+            t = max(t, time_fraction())
         if sched.name == "cosine":
             value = 0.5 * (1.0 + math.cos(math.pi * t))
         elif sched.name == "poly":
@@ -53,17 +61,20 @@ def lr_multiplier(cfg: DictConfig, total_steps: int) -> Callable[[int], float]:
     return multiplier
 
 
-def build_schedulers(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> list[dict[str, Any]]:
-    """Lightning scheduler configs: the per-step multiplier, plus ReduceLROnPlateau for 'plateau'."""
+def build_schedulers(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int, *,
+                     time_fraction: Callable[[], float] | None = None,
+                     monitor: str) -> list[dict[str, Any]]:
+    """Lightning scheduler configs: the per-step multiplier, plus ReduceLROnPlateau for 'plateau'
+    (on ``monitor``, the logged validation loss)."""
     schedulers: list[dict[str, Any]] = []
     if cfg.scheduler.name != "none" or cfg.scheduler.warmup_steps > 0:
-        lambda_lr = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg, total_steps))
+        lambda_lr = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg, total_steps, time_fraction))
         schedulers.append({"scheduler": lambda_lr, "interval": "step", "name": "lr"})
     if cfg.scheduler.name == "plateau":
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=cfg.scheduler.gamma, patience=cfg.scheduler.patience,
             min_lr=cfg.scheduler.min_lr)
-        # strict=False: a run that validates every N steps has no val/loss at some epoch ends.
-        schedulers.append({"scheduler": plateau, "interval": "epoch", "monitor": "val/loss", "strict": False,
+        # strict=False: a run that validates every N steps has no validation loss at some epoch ends.
+        schedulers.append({"scheduler": plateau, "interval": "epoch", "monitor": monitor, "strict": False,
                            "name": "lr_plateau"})
     return schedulers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 import os
@@ -23,7 +24,8 @@ from ..progress import Progress, ProgressCallback, emit
 from .callbacks import ProgressRelay
 from .checkpoint import AtomicCheckpointIO, load_checkpoint, model_state_dict
 from .datamodule import TrainingData, VolumeDataModule
-from .module import LOGGED_METRICS, SegmentationModule
+from .module import LOGGED_METRICS, SegmentationModule, monitored_metric
+from .run_data import absolute_spec, record_training_data
 from .run_dir import new_run_dir
 
 __all__ = ["TrainResult", "build_trainer", "resolve_devices", "train"]
@@ -48,6 +50,8 @@ class TrainResult:
     stopped: bool
     metrics: dict[str, float] = field(default_factory=dict)
     global_rank: int = 0
+    validation: str = ""  # what validated, one line (e.g. the pieces of the annotation held out)
+    held_out: bool = True  # False: validation scored the training data, logged as train_eval/...
 
 
 def train(
@@ -71,7 +75,7 @@ def train(
         resume: a checkpoint of this project to continue (optimizer, scheduler and step count).
         run_dir: the run folder; default ``<training.output_dir>/<training.name>/<timestamp>``.
     """
-    cfg = as_config(cfg)
+    cfg = copy.deepcopy(as_config(cfg))  # the run's own: its data paths may point into the run folder
     _check_monitor(cfg)
     _absolute_paths(cfg)
     if resume is not None:
@@ -88,11 +92,17 @@ def train(
     else:
         run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
+        if datamodule.data is not None:
+            record_training_data(cfg, datamodule.data, run_dir)
         save_config(cfg, run_dir / "config.yaml")
         os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the DDP processes Lightning starts
     checkpoint_dir = Path(cfg.checkpoint.dirpath).expanduser().resolve() if cfg.checkpoint.dirpath else run_dir / "checkpoints"
 
-    module = SegmentationModule(cfg)
+    module = SegmentationModule(cfg, held_out=datamodule.held_out)
+    monitor = monitored_metric(cfg.checkpoint.monitor, datamodule.held_out)
+    if monitor != cfg.checkpoint.monitor:
+        logger.info("checkpoint.monitor %s follows %s: nothing is held out for validation",
+                    cfg.checkpoint.monitor, monitor)
     if cfg.model.pretrained and resume is None:
         init_from_pretrained(module.model, cfg.model.pretrained)
 
@@ -100,7 +110,7 @@ def train(
     relay = ProgressRelay(progress_callbacks, stop_event)
     checkpointer = ModelCheckpoint(
         dirpath=checkpoint_dir, filename="epoch{epoch}-step{step}", auto_insert_metric_name=False,
-        monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode, save_top_k=cfg.checkpoint.save_top_k,
+        monitor=monitor, mode=cfg.checkpoint.mode, save_top_k=cfg.checkpoint.save_top_k,
         save_last=cfg.checkpoint.save_last, every_n_epochs=cfg.checkpoint.every_n_epochs)
     extra = [c for c in callbacks if isinstance(c, L.Callback)]
     trainer = build_trainer(cfg, run_dir, [relay, checkpointer, *extra], enable_progress_bar)
@@ -118,9 +128,10 @@ def train(
     score = checkpointer.best_model_score
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     result = TrainResult(run_dir=run_dir, checkpoint_dir=checkpoint_dir, best_checkpoint=best, last_checkpoint=last,
-                         best_score=float(score) if score is not None else None, monitor=cfg.checkpoint.monitor,
+                         best_score=float(score) if score is not None else None, monitor=monitor,
                          global_step=trainer.global_step, stopped=stopped, metrics=metrics,
-                         global_rank=trainer.global_rank)
+                         global_rank=trainer.global_rank, validation=datamodule.validation,
+                         held_out=datamodule.held_out)
     emit(progress_callbacks, Progress(trainer.global_step, trainer.global_step, "stopped" if stopped else "done",
                                       metrics, stage="stopped" if stopped else "done"))
     return result
@@ -223,9 +234,8 @@ def _check_monitor(cfg: DictConfig) -> None:
 def _absolute_paths(cfg: DictConfig) -> None:
     """Relative data paths mean relative to where the command runs; the saved config keeps them absolute."""
     for key in PATH_KEYS:
-        value = cfg.data[key]
-        if value and not Path(value.split(":")[0]).is_absolute():
-            cfg.data[key] = str(Path.cwd() / value)
+        if cfg.data[key]:
+            cfg.data[key] = absolute_spec(cfg.data[key])
     if cfg.model.pretrained and not Path(cfg.model.pretrained).is_absolute():
         cfg.model.pretrained = str(Path.cwd() / cfg.model.pretrained)
 

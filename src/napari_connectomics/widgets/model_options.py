@@ -42,6 +42,7 @@ __all__ = [
     "config_value",
     "count_parameters",
     "fields_for",
+    "follow_dimensions",
     "missing_modules",
     "model_facts",
     "optional_choice_labels",
@@ -161,6 +162,17 @@ def set_model_value(cfg: DictConfig, name: str, value: Any) -> None:
         cfg.model[name] = value
     except OmegaConfBaseException as err:
         raise ConfigError(f"model.{name}", value, str(err).strip().splitlines()[0]) from None
+
+
+def follow_dimensions(cfg: DictConfig) -> None:
+    """After ``model.spatial_dims`` changed (in place): a training patch of the other dimensionality
+    becomes the default patch of the new one, so switching 2D <-> 3D in the form stays valid."""
+    from ..config.validation import default_patch_size
+
+    dims = int(cfg.model.spatial_dims)
+    patch = cfg.data.patch_size
+    if patch is not None and len(patch) != dims:
+        cfg.data.patch_size = default_patch_size(dims)
 
 
 def checked_config(cfg: DictConfig) -> DictConfig:

@@ -45,6 +45,7 @@ from .model_options import (
     config_value,
     count_parameters,
     fields_for,
+    follow_dimensions,
     model_facts,
     optional_choice_labels,
     parameter_key,
@@ -270,6 +271,8 @@ class ModelPanel(QWidget):
         except (ConfigError, ValueError) as err:
             self._show_invalid(describe_error(err))
             return
+        if name == "spatial_dims":
+            follow_dimensions(self._draft)
         self._revalidate(publish=True)
 
     def _revalidate(self, publish: bool) -> None:

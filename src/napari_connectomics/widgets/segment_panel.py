@@ -33,6 +33,7 @@ from ..registry import POSTPROCESSORS
 from .background import BackgroundJob
 from .compat import viewer_camera
 from .forms import ConfigForm, parse_list
+from .live_feedback import PREVIEW_MARK
 from .notify import UserError, notify_error, show_info, show_warning
 from .segment_request import (
     MEMORY_LIMIT_MB,
@@ -63,7 +64,7 @@ from .segment_request import (
     spatial_ndim,
     whole_region,
 )
-from .session import session_for
+from .session import TRAINING_RUNNING, TRAINING_STOPPING, session_for
 
 if TYPE_CHECKING:
     import napari
@@ -75,6 +76,16 @@ logger = logging.getLogger(__name__)
 PREDICT_KNOBS = ("window_size", "overlap", "batch_size", "tta", "device")
 POST_KNOBS = ("threshold", "instances", "min_size")
 _FALLBACK_WINDOW = (32, 128, 128)  # config default 3D patch, until the checkpoint has been read
+WAIT_CHECKPOINT = "checkpoint"  # Segment pressed while a run stops: segment with its checkpoint
+WAIT_SNAPSHOT = "snapshot"  # Segment pressed while a run trains: segment with its current weights
+SEGMENT_TEXT = {"": "Segment", TRAINING_RUNNING: "Segment (current weights)",
+                TRAINING_STOPPING: "Segment (after the stop)"}
+SEGMENT_TIP = {
+    "": "segment the chosen region of the image",
+    TRAINING_RUNNING: "segment the visible field of view (or the Shapes ROI) with the running training's "
+                      "current weights, saved after the step in flight; training goes on",
+    TRAINING_STOPPING: "wait for the stopping run's checkpoint, then segment the chosen region with it",
+}
 
 
 class SegmentPanel(QWidget):
@@ -89,6 +100,7 @@ class SegmentPanel(QWidget):
 
     # Session events may fire on any thread; a queued Qt signal brings them to the GUI thread.
     _session_changed = Signal()
+    _training_changed = Signal()
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__()
@@ -108,6 +120,8 @@ class SegmentPanel(QWidget):
         self._progress: Any = None
         self._post_pending = False
         self._running_request: SegmentRequest | None = None
+        self.waiting: str | None = None  # WAIT_CHECKPOINT or WAIT_SNAPSHOT while Segment waits for training
+        self._snapshot_before: Any = None
         self._build()
         self._connect()
         self.refresh_recent()
@@ -173,6 +187,7 @@ class SegmentPanel(QWidget):
         self.segment_button.changed.connect(self.segment)
         self.cancel_button.changed.connect(self.cancel)
         self._session_changed.connect(self._on_session_changed)
+        self._training_changed.connect(self._on_training_changed)
         layers = self.viewer.layers.events
         for event in (layers.inserted, layers.removed, layers.moved):
             event.connect(self._on_layers_changed)
@@ -181,8 +196,11 @@ class SegmentPanel(QWidget):
         relay = self._relay_session_event
         self.session.events.checkpoint.connect(relay)
         self.session.events.config.connect(relay)
+        training_relay = self._relay_training_event
+        self.session.events.training.connect(training_relay)
+        self.session.events.snapshot.connect(training_relay)
         self.destroyed.connect(_cleanup_closure(self.viewer, self.session, relay,
-                                                self._on_layers_changed, self._jobs))
+                                                self._on_layers_changed, self._jobs, training_relay))
 
     def _jobs(self) -> list[BackgroundJob]:
         return [job for job in (self.job, self.post_job, self.info_job) if job is not None]
@@ -193,7 +211,8 @@ class SegmentPanel(QWidget):
 
     def _image_choices(self, _widget: Any = None) -> list[tuple[str, Image]]:
         return [(layer.name, layer) for layer in self.viewer.layers
-                if isinstance(layer, Image) and OUTPUT_KEY not in layer.metadata]
+                if isinstance(layer, Image) and OUTPUT_KEY not in layer.metadata
+                and PREVIEW_MARK not in layer.metadata]
 
     def _shapes_choices(self, _widget: Any = None) -> list[tuple[str, Shapes]]:
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Shapes)]
@@ -234,6 +253,12 @@ class SegmentPanel(QWidget):
     def _relay_session_event(self, *_: Any) -> None:
         try:
             self._session_changed.emit()
+        except RuntimeError:  # the panel's Qt object is gone
+            pass
+
+    def _relay_training_event(self, *_: Any) -> None:
+        try:
+            self._training_changed.emit()
         except RuntimeError:  # the panel's Qt object is gone
             pass
 
@@ -317,7 +342,16 @@ class SegmentPanel(QWidget):
 
     def segment(self, *_: Any) -> None:
         """Start segmenting with the panel's choices; a bad choice is a notification."""
-        if self.running:
+        if self.running or self.waiting:
+            return
+        training = self.session.training
+        if training in (TRAINING_RUNNING, TRAINING_STOPPING):
+            try:
+                self._image_layer()  # a missing image is said now, not when the weights arrive
+            except UserError as error:
+                notify_error(error, "Segmentation")
+                return
+            self._wait(WAIT_SNAPSHOT if training == TRAINING_RUNNING else WAIT_CHECKPOINT)
             return
         try:
             request = self.make_request()
@@ -329,8 +363,7 @@ class SegmentPanel(QWidget):
                          "with it")
         self._start(request)
 
-    def make_request(self) -> SegmentRequest:
-        """The request for the current choices (GUI thread: reads the viewer and the layers)."""
+    def _image_layer(self) -> Image:
         image = self.image_combo.value
         if image is None or image not in self.viewer.layers:
             raise UserError("no Image layer to segment: open an image (File > Open, or File > "
@@ -338,13 +371,19 @@ class SegmentPanel(QWidget):
         if getattr(image, "rgb", False):
             raise UserError(f"'{image.name}' is an RGB image; EM networks take grayscale: "
                             "convert it to one channel first")
-        checkpoint = check_checkpoint_path(self._checkpoint_text())
+        return image
+
+    def make_request(self, checkpoint: Path | None = None, region_choice: str | None = None) -> SegmentRequest:
+        """The request for the current choices (GUI thread: reads the viewer and the layers);
+        ``checkpoint`` and ``region_choice`` replace the panel's choices when given."""
+        image = self._image_layer()
+        checkpoint = check_checkpoint_path(checkpoint if checkpoint is not None else self._checkpoint_text())
         data = image.data[0] if image.multiscale else image.data
         shape = tuple(int(n) for n in data.shape)
         ndim = spatial_ndim(shape)
         values = self.predict_form.values()
         window = tuple(values["window_size"]) if values["window_size"] else None
-        region = self._region(image, shape[-ndim:], self._region_window(window, checkpoint))
+        region = self._region(image, shape[-ndim:], self._region_window(window, checkpoint), region_choice)
         store = str(self.store_edit.line_edit.value or "").strip()
         return SegmentRequest(
             checkpoint=checkpoint, image_name=image.name, data=data, region=region,
@@ -368,8 +407,9 @@ class SegmentPanel(QWidget):
         info = self._infos.get(str(checkpoint))
         return info.window if info is not None else _FALLBACK_WINDOW
 
-    def _region(self, image: Image, shape: tuple[int, ...], window: tuple[int, ...]) -> Region:
-        choice = self.region_combo.value
+    def _region(self, image: Image, shape: tuple[int, ...], window: tuple[int, ...],
+                choice: str | None = None) -> Region:
+        choice = choice or self.region_combo.value
         minimum = tuple(window[-len(shape):])
         if choice == REGION_VIEW:
             if self.viewer.dims.ndisplay == 3:
@@ -416,6 +456,67 @@ class SegmentPanel(QWidget):
             points.append(np.asarray(image.world_to_data(world), dtype=float)[-ndim:])
         return np.asarray(points)
 
+    # ----------------------------------------------------------------------------------------
+    # Segment while training runs or stops: wait for its weights, then segment with them
+    # ----------------------------------------------------------------------------------------
+
+    def _wait(self, kind: str) -> None:
+        """Remember the press; the weights come through the session (see _on_training_changed)."""
+        self.waiting = kind
+        self._snapshot_before = self.session.snapshot
+        if kind == WAIT_SNAPSHOT:
+            self.status_label.value = "waiting for the current weights (after the step in flight)…"
+            self.session.snapshot_wanted = True
+        else:
+            self.status_label.value = "waiting for the run's checkpoint…"
+        self._update_state()
+
+    def _on_training_changed(self) -> None:
+        """A run started, stops or ended, or saved weights: serve a waiting press, update the button."""
+        if not self.alive():
+            return
+        snapshot = self.session.snapshot
+        if (self.waiting == WAIT_SNAPSHOT and snapshot is not None and snapshot is not self._snapshot_before
+                and snapshot != self._snapshot_before):
+            self._segment_with_snapshot(snapshot)
+        elif self.waiting and not self.session.training:
+            self._segment_with_run_checkpoint()
+        elif self.waiting == WAIT_SNAPSHOT and self.session.training == TRAINING_STOPPING:
+            self.waiting = WAIT_CHECKPOINT
+            self.status_label.value = "waiting for the run's checkpoint…"
+        self._update_state()
+
+    def _segment_with_snapshot(self, snapshot: Any) -> None:
+        """Segment the view (or the Shapes ROI) with the weights the running training saved."""
+        self.waiting = None
+        path = Path(snapshot.path)
+        if snapshot.info is not None:
+            self._infos[str(path)] = snapshot.info
+        region = REGION_VIEW if self.region_combo.value == REGION_WHOLE else None
+        if self._start_waited(path, region):
+            self.status_label.value = (f"segmenting {self._running_request.region} with the weights of step "
+                                       f"{snapshot.step} (training goes on) ...")
+
+    def _segment_with_run_checkpoint(self) -> None:
+        """The run ended: segment with the checkpoint it left (the session's latest)."""
+        self.waiting = None
+        checkpoint = self.session.checkpoint
+        if not checkpoint:
+            message = notify_error(UserError("the training run ended without a checkpoint; pick one and "
+                                             "press Segment again"), "Segmentation")
+            self.status_label.value = message
+            return
+        self._start_waited(Path(checkpoint), None)
+
+    def _start_waited(self, checkpoint: Path, region: str | None) -> bool:
+        try:
+            request = self.make_request(checkpoint=checkpoint, region_choice=region)
+        except Exception as error:
+            self.status_label.value = notify_error(error, "Segmentation")
+            return False
+        self._start(request)
+        return True
+
     def _start(self, request: SegmentRequest) -> None:
         self.predict_runs += 1
         self._running_request = request
@@ -430,7 +531,14 @@ class SegmentPanel(QWidget):
         self._update_state()
 
     def cancel(self, *_: Any) -> None:
-        """Stop the run after the window batch in flight; nothing it made is kept."""
+        """Stop the run after the window batch in flight (or stop waiting for training's weights);
+        nothing it made is kept."""
+        if self.waiting:
+            self.waiting = None
+            self.session.snapshot_wanted = False
+            self.status_label.value = "cancelled: no layer was changed"
+            self._update_state()
+            return
         if self.running and self.job is not None:
             self.job.stop()
             self.status_label.value = "cancelling ..."
@@ -668,13 +776,15 @@ class SegmentPanel(QWidget):
     def _update_state(self) -> None:
         """Buttons follow the state: Segment while idle, Cancel while running."""
         running = self.running
-        self.segment_button.enabled = not running
-        self.cancel_button.enabled = running and not (self.job is not None
-                                                      and self.job.stop_event.is_set())
+        training = self.session.training if self.session.training in SEGMENT_TEXT else ""
+        self.segment_button.enabled = not running and not self.waiting
+        self.cancel_button.enabled = bool(self.waiting) or (running and not (
+            self.job is not None and self.job.stop_event.is_set()))
         post_busy = self.post_job is not None and self.post_job.running
+        self.segment_button.text = SEGMENT_TEXT[training]
         self.segment_button.tooltip = ("segmenting..." if running else
-                                       "post-processing..." if post_busy else
-                                       "segment the chosen region of the image")
+                                       "waiting for the training's weights..." if self.waiting else
+                                       "post-processing..." if post_busy else SEGMENT_TIP[training])
 
 
 # --------------------------------------------------------------------------------------------
@@ -715,12 +825,14 @@ def _count_text(labels: LabelsResult) -> str:
     return f"{top} objects"
 
 
-def _cleanup_closure(viewer: Any, session: Any, relay: Any, on_layers: Any, jobs: Any) -> Any:
+def _cleanup_closure(viewer: Any, session: Any, relay: Any, on_layers: Any, jobs: Any,
+                     training_relay: Any = None) -> Any:
     """A slot for ``destroyed`` that holds no reference to the dead panel's Qt object."""
     def cleanup(*_: Any) -> None:
-        for event in (session.events.checkpoint, session.events.config):
+        for event, slot in ((session.events.checkpoint, relay), (session.events.config, relay),
+                            (session.events.training, training_relay), (session.events.snapshot, training_relay)):
             try:
-                event.disconnect(relay)
+                event.disconnect(slot)
             except Exception:
                 pass
         try:

@@ -14,13 +14,30 @@ from typing import Any
 
 from psygnal import evented
 
-from ..config import as_config
+from .defaults import default_config
 
-__all__ = ["SessionState", "session_for"]
+__all__ = ["SessionState", "WeightsSnapshot", "session_for"]
+
+TRAINING_RUNNING = "running"
+TRAINING_STOPPING = "stopping"
 
 
 def _default_config() -> Any:
-    return as_config({})
+    """The preset for this device (a 2D U-Net on a CPU, MedNeXt-S 3D on a GPU): see :mod:`.defaults`."""
+    return default_config()
+
+
+@dataclass(frozen=True)
+class WeightsSnapshot:
+    """Weights a running training saved between two steps, when the Segment panel asked for them.
+
+    ``info`` is the checkpoint's :class:`~.segment_request.CheckpointInfo` (read from the run's
+    config in the training thread), so the Segment panel needs no torch to size its region.
+    """
+
+    path: str
+    step: int
+    info: Any = None
 
 
 @evented
@@ -33,12 +50,20 @@ class SessionState:
     checkpoint: the checkpoint most recently written by training or chosen by the user.
     run_dir: the folder of the most recent training run.
     busy: the name of the background job holding the CPU/GPU ("train", "segment"), or "" when idle.
+    training: the Train panel's run: "" (none), "running", or "stopping" (Stop pressed, the step in
+        flight finishing); the Segment panel waits for a stopping run's checkpoint.
+    snapshot_wanted: set by the Segment panel to get the running training's current weights;
+        the Train panel has them saved after the step in flight and clears it.
+    snapshot: the latest :class:`WeightsSnapshot` of the running training.
     """
 
     config: Any = field(default_factory=_default_config)
     checkpoint: str | None = None
     run_dir: str | None = None
     busy: str = ""
+    training: str = ""
+    snapshot_wanted: bool = False
+    snapshot: WeightsSnapshot | None = None
 
 
 _SESSIONS: "weakref.WeakKeyDictionary[Any, SessionState]" = weakref.WeakKeyDictionary()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,18 +43,19 @@ from ..progress import Progress
 from .background import BackgroundJob
 from .class_legend import ClassLegend
 from .compat import viewer_camera
+from .defaults import fit_patch
 from .forms import knob_value, knob_widget
+from .live_feedback import PREVIEW_MARK, PREVIEW_SECONDS, PreviewUpdate, WeightsSaved
 from .loss_plot import LossPlot
 from .notify import UserError, notify_error, show_info, show_warning
 from .pair_rows import PairRow, image_source, refill_combo, snapshot_image, snapshot_labels, voxel_size_of
-from .session import session_for
+from .session import TRAINING_RUNNING, TRAINING_STOPPING, WeightsSnapshot, session_for
 from .training_request import (
     DEVICES,
     PANEL_DEFAULTS,
     Notice,
     PairChoice,
     PreviewTarget,
-    PreviewUpdate,
     RunStarted,
     TrainChoices,
     build_config,
@@ -74,8 +76,8 @@ logger = logging.getLogger(__name__)
 
 JOB_NAME = "train"
 PREVIEW_SUFFIX = " preview"
-PREVIEW_MARK = "napari_connectomics_preview"  # metadata key of the preview layers this panel makes
-DEFAULT_PREVIEW_EVERY = 25
+UNCERTAINTY_SUFFIX = " uncertainty"
+NO_FOREGROUND_YET = "no foreground predicted yet"
 # The config knobs the panel shows: attribute -> (section, field, label). Widget kind, help, choices
 # and bounds come from the schema (forms.knob_widget); starting values from the session's config,
 # or PANEL_DEFAULTS where the panel deliberately differs from the CLI.
@@ -153,8 +155,12 @@ class TrainPanel(QWidget):
         self._stopping = False
         self._preview_source: Any = None
         self._launched_preview_every = 0
+        self._last_status = ""
         self._saved_switch_interval: float | None = None
         self.preview_target = PreviewTarget()
+        self.preview_has_foreground: bool | None = None  # of the latest preview; None: none yet
+        self._snapshot_request = threading.Event()  # the running job's: set to get its current weights
+        self._auto_patch: list[int] | None = None  # the patch the panel last fitted to the image
         self.pair_rows: list[PairRow] = []
         # Closing the panel (or napari) stops a run: the training thread must not outlive its GUI.
         running_job: list[BackgroundJob | None] = [None]
@@ -255,6 +261,9 @@ class TrainPanel(QWidget):
                              "(interior + contour, then watershed); binary: all classes as one foreground")
         self.task.changed.connect(lambda value: self.legend.set_task(value))
         self.patch_size = _knob("patch_size", cfg)
+        self._auto_patch = self._patch_value()
+        self.patch_size.tooltip = (f"{self.patch_size.tooltip}; follows the image (at most the preset's, a "
+                                   "multiple of the network's size multiple) until you edit it")
         self.batch_size = _knob("batch_size", cfg)
         self.steps = _knob("steps", cfg)
         self.steps.tooltip = "optimizer steps to train (Continue adds this many more)"
@@ -269,14 +278,16 @@ class TrainPanel(QWidget):
                                        tooltip="auto: the GPU when there is one, else the CPU")
         self.voxel_size = _knob("voxel_size", cfg)
         self.voxel_size.tooltip = "z, y, x voxel size; taken from the image layer's scale"
-        self.preview_every = widgets.SpinBox(value=DEFAULT_PREVIEW_EVERY, min=0, max=100000,
-                                             tooltip="every N steps, predict the viewed section into a "
-                                                     "'<image> preview' layer (0: off)")
+        self.preview_every = widgets.SpinBox(value=PREVIEW_SECONDS, min=0, max=3600,
+                                             tooltip="every this many seconds, and when you move to another "
+                                                     "section, predict the viewed section into '<image> preview' "
+                                                     "(foreground probability) and '<image> uncertainty' layers "
+                                                     "(0: off)")
         self.output_dir = widgets.FileEdit(mode="d", value=_default_output_dir())
         self.output_dir.tooltip = "runs are written to <folder>/<run name>/<date-time>/"
         for label, widget in (("task", self.task), ("patch size", self.patch_size), ("batch", self.batch_size),
                               ("steps", self.steps), ("learning rate", self.lr), ("device", self.device),
-                              ("voxel size", self.voxel_size), ("preview every", self.preview_every),
+                              ("voxel size", self.voxel_size), ("preview every (s)", self.preview_every),
                               ("output folder", self.output_dir)):
             form.addRow(label, widget.native)
         return box
@@ -324,12 +335,49 @@ class TrainPanel(QWidget):
         self.viewer.dims.events.current_step.connect(self._track_view)
         viewer_camera(self.viewer).events.center.connect(self._track_view)
         self.session.events.busy.connect(self._on_busy)
+        self.session.events.config.connect(self._on_session_config)
+        self.session.events.snapshot_wanted.connect(self._on_snapshot_wanted)
 
     def _on_busy(self, busy: str = "") -> None:
         try:
             self._update_buttons()
         except RuntimeError:  # the panel was closed; the session outlives it
             pass
+
+    def _on_session_config(self, cfg: Any = None) -> None:
+        """The Model panel changed the network (e.g. 2D -> 3D): the fitted patch follows it."""
+        try:
+            self._follow_patch()
+        except RuntimeError:  # the panel was closed; the session outlives it
+            pass
+
+    def _on_snapshot_wanted(self, wanted: bool = False) -> None:
+        """The Segment panel asks for the current weights: the training thread saves them between steps."""
+        if wanted and self.running and not self._stopping:
+            self._snapshot_request.set()
+
+    def _patch_value(self) -> list[int] | None:
+        try:
+            value = knob_value("data", self.patch_size)
+        except ValueError:
+            return None
+        return [int(n) for n in value] if value is not None else None
+
+    def _follow_patch(self) -> None:
+        """Fit the patch to the first image and the session's network, unless the user edited it
+        (the patch shown is no longer the one the panel fitted)."""
+        current = self._patch_value()
+        if current is not None and current != self._auto_patch:
+            return
+        layer = self._first_image_layer()
+        if layer is None:
+            return
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        fitted = fit_patch(self.session.config, tuple(data.shape), int(self.session.config.model.in_channels))
+        if fitted is None or fitted == current:
+            return
+        self._auto_patch = fitted
+        self.patch_size.value = ", ".join(str(n) for n in fitted)
 
     def _on_layer_inserted(self, event: Any) -> None:
         event.value.events.name.connect(self._refresh_layers)
@@ -369,6 +417,7 @@ class TrainPanel(QWidget):
         layer = self._layer(name)
         if layer is not None:
             self.voxel_size.value = ", ".join(f"{v:g}" for v in voxel_size_of(layer))
+            self._follow_patch()
         self._track_view()
 
     def _on_first_labels_changed(self, name: str) -> None:
@@ -469,6 +518,7 @@ class TrainPanel(QWidget):
         self._track_view()
         preview_every = choices.preview_every if self._preview_source is not None else 0
         target = self.preview_target
+        snapshot = self._snapshot_request = threading.Event()
 
         def work(report: Any, stop_event: Any) -> Any:
             lower_thread_priority()
@@ -476,7 +526,7 @@ class TrainPanel(QWidget):
             for text in prepared.warnings:
                 report(Notice(text))
             return prepared, run_training(prepared, report, stop_event, preview_every=preview_every,
-                                          preview_target=target)
+                                          preview_target=target, snapshot_request=snapshot)
 
         self.loss_plot.clear()
         self._finished = None
@@ -497,12 +547,13 @@ class TrainPanel(QWidget):
         self._preview_source = self._layer(finished.preview_layer or "") if finished.preview_every else None
         self._track_view()
         target = self.preview_target
+        snapshot = self._snapshot_request = threading.Event()
 
         def work(report: Any, stop_event: Any) -> Any:
             lower_thread_priority()
             return prepared, run_training(prepared, report, stop_event, resume=finished.last_checkpoint,
                                           first_step=finished.global_step, preview_every=finished.preview_every,
-                                          preview_target=target)
+                                          preview_target=target, snapshot_request=snapshot)
 
         self._launch(work, int(self.steps.value), first_step=finished.global_step,
                      preview_every=finished.preview_every)
@@ -513,6 +564,7 @@ class TrainPanel(QWidget):
         if self.running and self.job is not None:
             self._stopping = True
             self.job.stop()
+            self.session.training = TRAINING_STOPPING
             self.status.setText("Stopping after the step in flight…")
             self._update_buttons()
 
@@ -523,10 +575,14 @@ class TrainPanel(QWidget):
         self._progress_first_step = first_step
         self.progress_bar = progress(total=steps, desc="Training")
         self._launched_preview_every = preview_every
+        self.preview_has_foreground = None
         self.job = BackgroundJob(work, on_events=self._on_events, on_done=self._on_done, on_error=self._on_error,
                                  name="connectomics-train")
         self._running_job[0] = self.job
         self.session.busy = JOB_NAME
+        self.session.training = TRAINING_RUNNING
+        if self.session.snapshot_wanted:  # Segment was pressed just before: serve it with this run
+            self._snapshot_request.set()
         self._hold_switch_interval()
         self.status.setText("Preparing the annotations…")
         self.job.start()
@@ -542,21 +598,26 @@ class TrainPanel(QWidget):
                 latest = event if event.stage in ("train", "validate") else latest
             elif isinstance(event, PreviewUpdate):
                 latest_preview = event
+            elif isinstance(event, WeightsSaved):
+                self.session.snapshot = WeightsSnapshot(str(event.path), int(event.step), event.info)
+                self.session.snapshot_wanted = False
             elif isinstance(event, Notice):
                 show_warning(event.text)
             elif isinstance(event, RunStarted):
                 self.run_dir = event.run_dir
                 self.status.setText(f"Training in {event.run_dir}")
+        if latest_preview is not None:
+            self._show_preview(latest_preview)
         if latest is not None and self.progress_bar is not None:
             done = max(0, latest.done - self._progress_first_step)
             if done > self.progress_bar.n:
                 self.progress_bar.update(done - self.progress_bar.n)
             loss = latest.metrics.get("train/loss")
-            text = steps_label(latest.done, latest.total)
-            if not self._stopping:
-                self.status.setText(text + (f", loss {loss:.4f}" if loss is not None else ""))
-        if latest_preview is not None:
-            self._show_preview(latest_preview)
+            self._last_status = steps_label(latest.done, latest.total) + (
+                f", loss {loss:.4f}" if loss is not None else "")
+        if (latest is not None or latest_preview is not None) and not self._stopping and self._last_status:
+            note = f"; {NO_FOREGROUND_YET}" if self.preview_has_foreground is False else ""
+            self.status.setText(self._last_status + note)
 
     def _on_progress(self, event: Progress) -> None:
         if event.stage == "train" and "train/loss" in event.metrics:
@@ -565,16 +626,24 @@ class TrainPanel(QWidget):
             self.loss_plot.add_point("val", event.done, event.metrics["val/loss"])
 
     def _show_preview(self, update: PreviewUpdate) -> None:
-        """Put the prediction into '<image> preview' (same scale as the image, placed at the predicted
-        region), without taking the active layer away from the one being painted."""
+        """Put the foreground probability into '<image> preview' and its entropy into
+        '<image> uncertainty' (same scale as the image, placed at the predicted region), without
+        taking the active layer away from the one being painted."""
         source = self._preview_source
+        self.preview_has_foreground = update.foreground_voxels > 0
         if source is None or source.name not in self.viewer.layers:
             return
-        name = source.name + PREVIEW_SUFFIX
         scale = np.asarray(source.scale, dtype=float)
         offset = np.asarray(update.offset, dtype=float)[-source.ndim:]
-        data = update.data if source.ndim >= 3 else update.data[0]
         translate = np.asarray(source.translate, dtype=float) + offset * scale
+        for suffix, data, style in (
+                (PREVIEW_SUFFIX, update.data, {"colormap": "magenta", "opacity": 0.6}),
+                (UNCERTAINTY_SUFFIX, update.uncertainty, {"colormap": "yellow", "opacity": 0.4})):
+            self._put_preview_layer(source.name + suffix, data if source.ndim >= 3 else data[0], scale, translate,
+                                    style)
+
+    def _put_preview_layer(self, name: str, data: np.ndarray, scale: np.ndarray, translate: np.ndarray,
+                           style: dict[str, Any]) -> None:
         if name in self.viewer.layers:
             layer = self.viewer.layers[name]
             if not np.allclose(layer.translate, translate):  # each assignment re-slices the layer
@@ -583,9 +652,8 @@ class TrainPanel(QWidget):
             return
         active = self.viewer.layers.selection.active
         selected = set(self.viewer.layers.selection)
-        self.viewer.add_image(data, name=name, scale=scale, translate=translate, colormap="magenta",
-                              blending="additive", contrast_limits=(0, 255), opacity=0.6,
-                              metadata={PREVIEW_MARK: "training preview"})
+        self.viewer.add_image(data, name=name, scale=scale, translate=translate, blending="additive",
+                              contrast_limits=(0.0, 1.0), metadata={PREVIEW_MARK: "training preview"}, **style)
         self.viewer.layers.selection.update(selected) if selected else None
         self.viewer.layers.selection.active = active
 
@@ -627,8 +695,12 @@ class TrainPanel(QWidget):
         self._release_switch_interval()
         self._stopping = False
         self._preview_source = None
+        self._last_status = ""
+        self._snapshot_request.clear()
         if self.session.busy == JOB_NAME:
             self.session.busy = ""
+        self.session.snapshot_wanted = False
+        self.session.training = ""  # last: the Segment panel may start on it, with busy and checkpoint set
         self._update_buttons()
 
     def _finish_progress(self) -> None:

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from ..config import validate_config
+from ..data.annotations import annotations_path, write_annotations
+from ..data.splits import split_sparse
 from ..training.run_dir import new_run_dir
 from .notify import UserError
 
@@ -39,7 +41,6 @@ __all__ = [
     "PairChoice",
     "PreparedRun",
     "PreviewTarget",
-    "PreviewUpdate",
     "RunStarted",
     "TrainChoices",
     "build_config",
@@ -53,6 +54,7 @@ __all__ = [
     "new_run_dir",
     "out_channels_for",
     "prepare_run",
+    "preview_region",
     "run_training",
     "save_annotations",
     "summarize_labels",
@@ -71,7 +73,6 @@ PANEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"label_mode": "sparse", "target": "semantic"},
     "training": {"max_steps": 200},
 }
-ANNOTATIONS_FILE = "annotations.h5"
 LEGEND_FILE = "annotations.json"
 MAX_SEMANTIC_CLASSES = 32  # more values than this in dense semantic labels are instance ids
 PREVIEW_MAX_YX = 512  # the preview predicts at most this many pixels around the view centre
@@ -168,15 +169,6 @@ class Notice:
     """A warning for the user (shown as a napari notification)."""
 
     text: str
-
-
-@dataclass(frozen=True)
-class PreviewUpdate:
-    """Foreground probability (uint8, 0..255) of the region starting at ``offset`` (z, y, x)."""
-
-    offset: tuple[int, int, int]
-    data: np.ndarray
-    step: int
 
 
 @dataclass
@@ -387,41 +379,16 @@ def check_annotations(summary: AnnotationSummary, label_mode: str, task: str, na
     return warnings
 
 
-def held_out_split(label: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray, str] | None:
-    """Sparse labels split into training and validation labels (0 = not annotated elsewhere).
+def held_out_split(label: np.ndarray, fraction: float, mode: str,
+                   seed: int) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """Sparse labels split into training and validation labels (0 = not annotated elsewhere), as
+    the training engine splits them (:func:`~napari_connectomics.data.splits.split_sparse`: by
+    default pieces of every annotated section, so no painted section is lost to training).
 
-    The last ``fraction`` of the *annotated* sections is held out, so validation has annotation to
-    score even when only a few sections are painted; a single painted section is split by rows.
-    Returns (train labels, validation labels, description), or None when the annotation spans
-    a single row and section (too little to split).
+    Returns (train labels, validation labels, description), or None when nothing is held out.
     """
-    array = np.asarray(label)
-    for axis in range(min(array.ndim, 2)):
-        other = tuple(a for a in range(array.ndim) if a != axis)
-        annotated = np.flatnonzero(np.any(array != 0, axis=other))
-        if annotated.size < 2:
-            continue
-        n_val = min(annotated.size - 1, max(1, round(annotated.size * fraction)))
-        first_val = int(annotated[-n_val])
-        index: list[slice] = [slice(None)] * array.ndim
-        index[axis] = slice(first_val, None)
-        train = array.copy()
-        train[tuple(index)] = 0
-        val = np.zeros_like(array)
-        val[tuple(index)] = array[tuple(index)]
-        where = ("sections" if array.ndim == 3 else "rows") if axis == 0 else "rows"
-        return train, val, f"{n_val} of {annotated.size} annotated {where} (from {first_val} on)"
-    return None
-
-
-def _hdf5_write(group: Any, name: str, data: Any, *, compress: bool) -> None:
-    """Write an array (numpy, or any lazy array) in blocks so memory stays bounded."""
-    from ..data.volume_io import create_array, write_data
-
-    shape = tuple(int(n) for n in np.shape(data)) if not hasattr(data, "shape") else tuple(data.shape)
-    dataset = create_array(group, name, shape, np.dtype(data.dtype), chunks=True,
-                           gzip=1 if compress else None)
-    write_data(dataset, data)
+    split = split_sparse(label, fraction, mode, seed)
+    return tuple(split) if split.held_out else None  # type: ignore[return-value]
 
 
 def _referenced_image(pair: PairChoice) -> str | None:
@@ -455,35 +422,26 @@ def save_annotations(run_dir: Path, choices: TrainChoices, splits: Mapping[int, 
 
     Labels are always copied (the user keeps painting); the image is referenced when it came from
     a file that still matches, else copied. ``splits`` maps a pair index to its held-out
-    (train, val) labels; ``val_label`` is a second Labels layer validating the first pair.
+    (train, val) labels; ``val_label`` is a second Labels layer validating the first pair. The
+    files are written by :func:`~napari_connectomics.data.annotations.write_annotations`, as
+    :func:`~napari_connectomics.training.train` writes in-memory arrays.
     """
-    from ..data.volume_io import create_container
-
     saved: list[SavedPair] = []
     for k, pair in enumerate(choices.pairs):
-        path = run_dir / (ANNOTATIONS_FILE if k == 0 else f"annotations_{k + 1}.h5")
         reference = _referenced_image(pair)
-        with create_container(path, "hdf5") as f:
-            if reference is None:
-                _hdf5_write(f, "image", pair.image, compress=False)
-            _hdf5_write(f, "label", pair.label, compress=True)
-            item = SavedPair(image=reference or f"{path}:image", label=f"{path}:label")
-            if k in splits:
-                train, val = splits[k]
-                _hdf5_write(f, "train_label", train, compress=True)
-                _hdf5_write(f, "val_label", val, compress=True)
-                item.label, item.val_image, item.val_label = f"{path}:train_label", item.image, f"{path}:val_label"
-            if k == 0 and val_label is not None:
-                _hdf5_write(f, "val_label", val_label, compress=True)
-                item.val_image, item.val_label = item.image, f"{path}:val_label"
-            f.attrs["layer"] = pair.name
-            f.attrs["label_mode"] = choices.label_mode
-            f.attrs["classes"] = json.dumps({str(k): v for k, v in choices.classes.items()})
-            if pair.scale:
-                for name in ("image", "label"):
-                    if name in f:
-                        f[name].attrs["scale"] = list(pair.scale)
-                        f[name].attrs["translate"] = list(pair.translate or [0.0] * len(pair.scale))
+        arrays: dict[str, Any] = {} if reference is not None else {"image": pair.image}
+        arrays["label"] = pair.label
+        if k in splits:
+            arrays["train_label"], arrays["val_label"] = splits[k]
+        if k == 0 and val_label is not None:
+            arrays["val_label"] = val_label
+        attrs = {"layer": pair.name, "label_mode": choices.label_mode,
+                 "classes": json.dumps({str(k): v for k, v in choices.classes.items()})}
+        specs = write_annotations(annotations_path(run_dir, k), arrays, attrs=attrs, scale=pair.scale,
+                                  translate=pair.translate)
+        item = SavedPair(image=reference or specs["image"], label=specs.get("train_label", specs["label"]))
+        if "val_label" in specs:
+            item.val_image, item.val_label = item.image, specs["val_label"]
         saved.append(item)
     _write_legend(run_dir, choices, saved)
     return saved
@@ -552,16 +510,16 @@ def prepare_run(choices: TrainChoices, cfg: Any) -> PreparedRun:
         if not isinstance(val_label, np.ndarray):
             val_label = None  # a file: referenced as is below
     elif choices.label_mode == "sparse" and not any(pair.from_files for pair in choices.pairs):
-        # Files (and dense labels) are split by the data module: the last z-range is held out.
+        # Files and dense labels are split by the data module (the same split_sparse for sparse files).
         for k, (pair, label) in enumerate(zip(choices.pairs, labels)):
-            split = held_out_split(label, float(cfg.data.val_fraction))
-            if split is None:
-                warnings.append(f"{pair.name}: the annotation is too small to hold part of it out; "
-                                "validating on the training annotation")
-                splits[k] = (label, label)
+            split = split_sparse(label, float(cfg.data.val_fraction), cfg.data.sparse_validation,
+                                 int(cfg.system.seed))
+            if not split.held_out:  # the engine scores the training annotation and logs it as train_eval/
+                warnings.append(f"{pair.name}: {split.description}; validation scores are computed on the "
+                                "training annotation")
             else:
-                splits[k] = split[:2]
-                logger.info("%s: validating on %s", pair.name, split[2])
+                splits[k] = (split.train, split.val)
+                logger.info("%s: validating on %s", pair.name, split.description)
 
     run_dir = new_run_dir(cfg, create=True)
     try:
@@ -589,12 +547,7 @@ def prepare_run(choices: TrainChoices, cfg: Any) -> PreparedRun:
 
 
 def _save_validation_labels(run_dir: Path, val_label: np.ndarray) -> str:
-    from ..data.volume_io import create_container
-
-    path = run_dir / ANNOTATIONS_FILE
-    with create_container(path, "hdf5") as f:
-        _hdf5_write(f, "val_label", val_label, compress=True)
-    return f"{path}:val_label"
+    return write_annotations(annotations_path(run_dir), {"val_label": val_label})["val_label"]
 
 
 def _only(choices: TrainChoices, indices: Sequence[int]) -> TrainChoices:
@@ -649,22 +602,32 @@ def _resolve_auto_device(cfg: Any) -> None:
 
 
 def run_training(prepared: PreparedRun, report: Callable[[Any], None], stop_event: threading.Event,
-                 *, resume: str | os.PathLike | None = None, first_step: int = 0, preview_every: int = 0,
-                 preview_target: PreviewTarget | None = None) -> Any:
-    """Train (or continue) the prepared run; progress and previews go to ``report``."""
+                 *, resume: str | os.PathLike | None = None, first_step: int = 0, preview_every: float = 0,
+                 preview_target: PreviewTarget | None = None,
+                 snapshot_request: threading.Event | None = None) -> Any:
+    """Train (or continue) the prepared run; progress and previews go to ``report``.
+
+    ``preview_every``: seconds between live previews of the viewed section (0: none; see
+    :mod:`.live_feedback`). ``snapshot_request``: set it to have the current weights saved after
+    the step in flight (a :class:`~.live_feedback.WeightsSaved` event says where).
+    """
     from ..training import train
+    from .live_feedback import make_preview_callback, make_snapshot_callback
 
     callbacks: list[Any] = [report]
     if preview_every > 0 and prepared.preview_image is not None and preview_target is not None:
         callbacks.append(make_preview_callback(prepared.preview_image, prepared.cfg, preview_every,
                                                preview_target, report))
+    if snapshot_request is not None:
+        callbacks.append(make_snapshot_callback(prepared.cfg, prepared.run_dir / "checkpoints", snapshot_request,
+                                                report))
     report(RunStarted(prepared.run_dir, int(prepared.cfg.training.max_steps), first_step))
     return train(prepared.cfg, data=prepared.data, callbacks=callbacks, stop_event=stop_event, resume=resume,
                  run_dir=prepared.run_dir)
 
 
 # --------------------------------------------------------------------------------------------
-# Live preview (a Lightning callback in the training thread)
+# Live preview region (the preview itself is a Lightning callback in .live_feedback)
 # --------------------------------------------------------------------------------------------
 
 
@@ -682,52 +645,6 @@ def preview_region(shape: Sequence[int], target: PreviewTarget, window_z: int,
         start = min(max(0, centre - width // 2), size - width)
         boxes.append(slice(start, start + width))
     return tuple(boxes)  # type: ignore[return-value]
-
-
-def make_preview_callback(image: Any, cfg: Any, every: int, target: PreviewTarget,
-                          report: Callable[[Any], None]) -> Any:
-    """A Lightning callback: every ``every`` steps, the model's foreground probability for the
-    sections around the viewed one goes to ``report`` as a :class:`PreviewUpdate`.
-
-    The model runs in eval mode without gradients and goes back to train mode (the predictor's
-    context restores the mode and device). A failing preview is logged and switched off; it never
-    stops the training.
-    """
-    import lightning as L
-
-    from ..inference.predict import PredictOptions, predict
-
-    spatial_dims = int(cfg.model.spatial_dims)
-    window_z = 1 if spatial_dims == 2 else int(cfg.data.patch_size[0])
-
-    class LivePreview(L.Callback):
-        def __init__(self) -> None:
-            self.failed = False
-
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-            step = int(trainer.global_step)
-            if self.failed or step == 0 or step % every:
-                return
-            try:
-                report(self._predict(pl_module, step))
-            except Exception as err:  # a preview must never end a training run
-                self.failed = True
-                logger.exception("live preview failed; switched off for this run")
-                report(Notice(f"live preview switched off: {type(err).__name__}: {err}".splitlines()[0]))
-
-        def _predict(self, pl_module: Any, step: int) -> PreviewUpdate:
-            region = preview_region(np.shape(image), target, window_z)
-            device = "cpu" if pl_module.device.type == "cpu" else "auto"
-            options = PredictOptions(roi=region, device=device, batch_size=1,
-                                     output_dtype="float32")
-            result = predict(pl_module.model, image, options, cfg=cfg)
-            probabilities = np.asarray(result.probabilities, dtype=np.float32)
-            foreground = probabilities[0] if probabilities.shape[0] == 1 else 1.0 - probabilities[0]
-            data = np.clip(np.rint(foreground * 255), 0, 255).astype(np.uint8)
-            offset = tuple(int(s.start) for s in region)
-            return PreviewUpdate(offset=offset, data=data, step=step)  # type: ignore[arg-type]
-
-    return LivePreview()
 
 
 def steps_label(done: int, total: int | None) -> str:

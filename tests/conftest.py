@@ -1,0 +1,39 @@
+"""Tests that need a display (a real napari viewer, Qt) are marked `gui` here, and skipped with the
+command that fixes it when this machine can give them none: never a Qt core dump."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+GUI_FIXTURES = {"qtbot", "make_napari_viewer", "make_napari_viewer_proxy", "qapp"}
+SETUP = Path(__file__).resolve().parents[1] / "tools" / "system-packages.sh"
+
+
+def _display_problem() -> str | None:
+    """Why no display can be had here, or None."""
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return None
+    if shutil.which("Xvfb") is None:
+        return f"no display and no Xvfb: run `sudo bash {SETUP}`"
+    if subprocess.run(["bash", str(SETUP), "--check"], capture_output=True).returncode != 0:
+        return f"the Qt/xcb libraries are missing: run `sudo bash {SETUP}`"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gui = pytest.mark.gui
+    for item in items:
+        if GUI_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(gui)
+    problem = _display_problem()
+    if problem is None:
+        return
+    skip = pytest.mark.skip(reason=problem)
+    for item in items:
+        if item.get_closest_marker("gui") is not None:
+            item.add_marker(skip)
