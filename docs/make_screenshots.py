@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 from qtpy.QtWidgets import QApplication, QScrollArea  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from napari_connectomics.config import load_config  # noqa: E402
+from napari_connectomics.widgets.defaults import default_config  # noqa: E402
 from napari_connectomics.widgets.live_feedback import PREVIEW_SECONDS  # noqa: E402
 from napari_connectomics.widgets.session import session_for  # noqa: E402
 
@@ -34,10 +34,6 @@ logger = logging.getLogger("make_screenshots")
 
 PLUGIN = "napari-connectomics"
 IMAGES = Path(__file__).parent / "images"
-# The demo's network: a 2D U-Net a 2-core CPU trains in about a minute.
-SMALL_UNET = ["model.architecture=monai_unet", "model.spatial_dims=2", "model.filters=[16,32,64,128]",
-              "model.loss_functions=[DiceLoss,CrossEntropyLoss]", "model.loss_weights=[1.0,1.0]",
-              "training.val_patches=4", "optimizer.lr=3e-3", "system.torch_threads=1"]
 ANNOTATED_SECTIONS = (4, 10, 16, 22, 28)
 
 
@@ -113,19 +109,21 @@ def main() -> None:
     wait_until(lambda: model.parameter_count is not None and not model.counting, 300, "the parameter count")
     shoot(viewer, "panel_model.png")
 
-    # 2. Train: the small 2D U-Net on the scribbles, with the live loss plot and preview.
-    session_for(viewer).config = load_config(overrides=SMALL_UNET)
+    # 2. Train: the panel's defaults (the CPU preset) on the scribbles, with the live loss plot,
+    # the preview and its uncertainty.
+    session_for(viewer).config = default_config()
     dock.tabs.setCurrentWidget(dock.train_panel)
     train = dock.train_panel
     train.pair_rows[0].image_combo.setCurrentText(image.name)
     train.pair_rows[0].labels_combo.setCurrentText(painted.name)
-    train.patch_size.value = "128, 128"
-    train.batch_size.value = 8
     train.steps.value = args.steps
     train.preview_every.value = PREVIEW_SECONDS
     train.output_dir.value = str(runs)
     train.train_button.click()
     wait_until(lambda: not train.running, 1800, "training")
+    for layer in viewer.layers:
+        layer.visible = layer.name in (image.name, painted.name, f"{image.name} preview",
+                                       f"{image.name} uncertainty")
     scroll_to_bottom(train)
     shoot(viewer, "panel_train.png")
 
