@@ -96,6 +96,11 @@ def _read_yaml(path: Path) -> DictConfig:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(str(path), message=f"config file {str(path)!r} is not valid YAML{where}: "
                           f"{getattr(err, 'problem', err)}") from None
+    except (OSError, ValueError) as err:  # OmegaConf refuses a scalar document ("Invalid loaded object type")
+        if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            raise
+        raise ConfigError(str(path), message=f"config file {str(path)!r} must hold a mapping of sections "
+                          f"(system, model, data, ...): {err}") from None
     if loaded is None:
         return OmegaConf.create({})
     if not isinstance(loaded, DictConfig):
@@ -129,6 +134,29 @@ def _merge(cfg: DictConfig, layer: DictConfig) -> DictConfig:
         value = _value_at(layer, key)
         expected_type = _expected_type(key)
         raise ConfigError(key, value, f"expected {expected_type}" if expected_type else err.msg) from None
+    except (TypeError, OmegaConfBaseException) as err:  # e.g. a mapping given for a list field
+        key = _mismatched_key(cfg, layer) or "config"
+        value = _value_at(layer, key) if key != "config" else None
+        expected_type = _expected_type(key) if key != "config" else None
+        raise ConfigError(key, value, f"expected {expected_type}" if expected_type else
+                          str(err).strip().splitlines()[0]) from None
+
+
+def _mismatched_key(cfg: Any, layer: Any, prefix: str = "") -> str | None:
+    """The first key whose value in ``layer`` is a mapping/list where ``cfg`` has another kind."""
+    for name in layer:
+        key = f"{prefix}{name}"
+        if name not in cfg:
+            continue
+        ours, theirs = cfg[name], layer[name]
+        if OmegaConf.is_dict(ours) and OmegaConf.is_dict(theirs):
+            found = _mismatched_key(ours, theirs, f"{key}.")
+            if found:
+                return found
+        elif OmegaConf.is_dict(theirs) or (OmegaConf.is_list(theirs) and not OmegaConf.is_list(ours)) or \
+                (OmegaConf.is_list(ours) and OmegaConf.is_dict(theirs)):
+            return key
+    return None
 
 
 def _unknown_key_error(key: str, value: Any) -> ConfigError:

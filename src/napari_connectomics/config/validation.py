@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -58,9 +59,11 @@ def _check_declared(node: DictConfig, schema: type, prefix: str) -> None:
     for f in dataclasses.fields(schema):
         key = f"{prefix}{f.name}"
         value = node[f.name]
-        if dataclasses.is_dataclass(f.type) or isinstance(value, DictConfig):
-            _check_declared(value, _field_type(schema, f.name), prefix=f"{key}.")
+        kind = _field_type(schema, f.name)
+        if dataclasses.is_dataclass(kind):
+            _check_declared(value, kind, prefix=f"{key}.")
             continue
+        _check_shape(key, value, kind)
         choices = f.metadata.get("choices")
         if choices is not None and value not in choices:
             hint = closest(str(value), [str(c) for c in choices if c is not None])
@@ -72,9 +75,20 @@ def _check_declared(node: DictConfig, schema: type, prefix: str) -> None:
 
 
 def _field_type(schema: type, name: str) -> type:
-    import typing
-
     return typing.get_type_hints(schema)[name]
+
+
+def _check_shape(key: str, value: Any, kind: Any) -> None:
+    """No mapping where a value belongs, and lists of plain values (OmegaConf lets ``[[1]]`` into a
+    ``list[float]`` and a mapping into an ``Any`` field)."""
+    if isinstance(value, DictConfig):
+        raise ConfigError(key, _plain(value), "give a value, not a mapping")
+    if OmegaConf.is_list(value):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        inner = typing.get_args(args[0]) if len(args) == 1 else typing.get_args(kind)
+        if any(OmegaConf.is_config(item) for item in value):
+            item = inner[0].__name__ if inner and isinstance(inner[0], type) else "plain value"
+            raise ConfigError(key, _plain(value), f"give a flat list of {item}s")
 
 
 def _check_bounds(key: str, value: Any, minimum: float | None, maximum: float | None) -> None:
