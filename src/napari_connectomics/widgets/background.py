@@ -87,6 +87,10 @@ class BackgroundJob:
         """Ask the work to stop after the step in flight (it decides what a step is)."""
         self.stop_event.set()
 
+    def detach(self) -> None:
+        """Deliver nothing more: the widget that listened is gone (its Qt objects are deleted)."""
+        self._on_events = self._on_done = self._on_error = None
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the work thread has ended (for tests and shutdown); True if it has."""
         if self._thread is None:

@@ -11,14 +11,11 @@ import logging
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..config import ConfigError
+from .errors import UserError
 
 __all__ = ["UserError", "describe_error", "notify_error", "show_info", "show_warning"]
 
 logger = logging.getLogger(__name__)
-
-
-class UserError(ValueError):
-    """A choice in a panel that can't work (no layer picked, shapes differ...); the message says how to fix it."""
 
 
 def describe_error(error: BaseException, action: str = "") -> str:

@@ -39,7 +39,7 @@ import numpy as np
 from ..inference.options import inference_default
 from ..progress import Progress
 from ..registry import POSTPROCESSORS, TARGETS
-from .notify import UserError
+from .errors import UserError
 
 __all__ = [
     "CheckpointInfo",

@@ -3,11 +3,12 @@
 The user picks Image + Labels layer pairs (or files), says how the labels are meant (sparse:
 0 = not annotated, 1 = background, 2.. = classes; or dense), names the classes in a legend whose
 buttons select the label to paint, and presses Train. The run goes through a
-:class:`~.background.BackgroundJob`: Lightning runs in its own thread and puts progress on a
-queue that a napari thread_worker relays to this panel, which draws a progress bar, the loss plot
-and the live preview. The panel's GUI thread never runs torch (nor imports it), so the viewer
-stays responsive while a network trains; Stop ends the run after the step in flight with a
-checkpoint, Continue resumes it.
+:class:`~.background.BackgroundJob`: by default Lightning runs in a worker process the panel
+starts when it opens (:mod:`.worker_client`; torch is never imported into napari, and a crashed
+or killed worker is one notification), or, with ``NAPARI_CONNECTOMICS_TRAINING=thread``, in a
+thread of napari's process. Progress is relayed to this panel, which draws a progress bar, the
+loss plot and the live preview; labels repainted during a run are sent to the worker. Stop ends
+the run after the step in flight with a checkpoint, Continue resumes it.
 
 A run started here is reproducible: its folder holds ``config.yaml`` and the annotations it
 trained on (see :mod:`.training_request`), so ``napari-connectomics train --config
@@ -17,6 +18,8 @@ trained on (see :mod:`.training_request`), so ``napari-connectomics train --conf
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import sys
 import threading
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui import widgets
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -49,6 +52,7 @@ from .live_feedback import PREVIEW_MARK, PREVIEW_SECONDS, PreviewUpdate, Weights
 from .loss_plot import LossPlot
 from .notify import UserError, notify_error, show_info, show_warning
 from .pair_rows import PairRow, image_source, refill_combo, snapshot_image, snapshot_labels, voxel_size_of
+from .worker_client import TrainingWorker, WorkerAnnotations
 from .session import TRAINING_RUNNING, TRAINING_STOPPING, WeightsSnapshot, session_for
 from .training_request import (
     DEVICES,
@@ -97,6 +101,11 @@ KNOBS: dict[str, tuple[str, str, str]] = {
 # CPU-bound training thread each re-acquisition would otherwise cost up to 5 ms (a redraw makes
 # dozens), which is what makes a viewer stutter. Restored when the run ends.
 GUI_SWITCH_INTERVAL = 0.001
+# Where GUI training runs: "process" (a worker process owning torch; the default) or "thread"
+# (a thread of napari's process, as before the worker existed).
+TRAINING_MODE_ENV = "NAPARI_CONNECTOMICS_TRAINING"
+TRAIN_IN_PROCESS = os.environ.get(TRAINING_MODE_ENV, "process").strip().lower() != "thread"
+ANNOTATION_SEND_MS = 500  # labels repainted during a run go to the worker this long after the last stroke
 
 
 def _default_output_dir() -> str:
@@ -162,10 +171,31 @@ class TrainPanel(QWidget):
         self._snapshot_request = threading.Event()  # the running job's: set to get its current weights
         self._auto_patch: list[int] | None = None  # the patch the panel last fitted to the image
         self.pair_rows: list[PairRow] = []
-        # Closing the panel (or napari) stops a run: the training thread must not outlive its GUI.
+        self.train_in_process = TRAIN_IN_PROCESS  # False: train in a thread of napari's process
+        self.worker = TrainingWorker()
+        self.worker_pid: int | None = None  # the process the last run trained in (from the worker)
+        self.worker_annotated: int | None = None  # annotated voxels the worker holds for the run
+        self._outbox: queue.Queue[tuple[str, Any]] = queue.Queue()  # messages to the running worker
+        self._watched: list[Any] = []  # labels layers whose edits go to the worker during a run
+        self._dirty: set[int] = set()
+        self._annotation_timer = QTimer(self)
+        self._annotation_timer.setSingleShot(True)
+        self._annotation_timer.setInterval(ANNOTATION_SEND_MS)
+        self._annotation_timer.timeout.connect(self._send_annotations)
+        # Closing the panel (or napari) stops a run: the training must not outlive its GUI.
         running_job: list[BackgroundJob | None] = [None]
         self._running_job = running_job
-        self.destroyed.connect(lambda *_: running_job[0].stop() if running_job[0] is not None else None)
+        worker = self.worker
+
+        def on_destroyed(*_: Any) -> None:
+            if running_job[0] is not None:
+                running_job[0].detach()
+                running_job[0].stop()
+            worker.close()
+
+        self.destroyed.connect(on_destroyed)
+        if self.train_in_process:
+            self.worker.start()  # now: it imports torch while the user paints
         self._build()
         self._connect_viewer()
         self._refresh_layers()
@@ -519,6 +549,13 @@ class TrainPanel(QWidget):
         preview_every = choices.preview_every if self._preview_source is not None else 0
         target = self.preview_target
         snapshot = self._snapshot_request = threading.Event()
+        if self.train_in_process:
+            request = {"choices": choices, "cfg": cfg, "preview_every": preview_every}
+            self.loss_plot.clear()
+            self._finished = None
+            self._launch(self._worker_work(request, target, snapshot), int(cfg.training.max_steps), first_step=0,
+                         preview_every=preview_every)
+            return True
 
         def work(report: Any, stop_event: Any) -> Any:
             lower_thread_priority()
@@ -548,6 +585,14 @@ class TrainPanel(QWidget):
         self._track_view()
         target = self.preview_target
         snapshot = self._snapshot_request = threading.Event()
+        if self.train_in_process:
+            source = self._preview_source
+            request = {"prepared": prepared, "resume": finished.last_checkpoint, "first_step": finished.global_step,
+                       "preview_every": finished.preview_every,
+                       "preview_image": snapshot_image(source) if source is not None else None}
+            self._launch(self._worker_work(request, target, snapshot), int(self.steps.value),
+                         first_step=finished.global_step, preview_every=finished.preview_every)
+            return True
 
         def work(report: Any, stop_event: Any) -> Any:
             lower_thread_priority()
@@ -558,6 +603,52 @@ class TrainPanel(QWidget):
         self._launch(work, int(self.steps.value), first_step=finished.global_step,
                      preview_every=finished.preview_every)
         return True
+
+    def _worker_work(self, request: dict[str, Any], target: PreviewTarget, snapshot: threading.Event) -> Any:
+        """The BackgroundJob work of a run in the worker process: relay messages until it ends."""
+        worker, outbox = self.worker, queue.Queue()
+        self._outbox = outbox
+
+        def work(report: Any, stop_event: threading.Event) -> Any:
+            return worker.run(request, report, stop_event, target, snapshot, outbox)
+
+        return work
+
+    # --- labels repainted during a run (worker mode) ---------------------------------------------
+    def _watch_annotations(self) -> None:
+        for index, row in enumerate(self.pair_rows if self.source.value == "layers" else []):
+            layer = self._layer(row.labels_combo.currentText())
+            if layer is None:
+                continue
+            callback = self._annotation_callback(index)
+            for name in ("paint", "data"):
+                emitter = getattr(layer.events, name, None)
+                if emitter is not None:
+                    emitter.connect(callback)
+                    self._watched.append((emitter, callback))
+
+    def _annotation_callback(self, index: int) -> Any:
+        def edited(event: Any = None) -> None:
+            self._dirty.add(index)
+            self._annotation_timer.start()  # restarts: sent once the strokes pause
+        return edited
+
+    def _unwatch_annotations(self) -> None:
+        self._annotation_timer.stop()
+        for emitter, callback in self._watched:
+            emitter.disconnect(callback)
+        self._watched, self._dirty = [], set()
+
+    def _send_annotations(self) -> None:
+        """Copy the repainted labels for the worker (the relay thread sends them)."""
+        if not self.running or not self.train_in_process:
+            return
+        for index in sorted(self._dirty):
+            layer = self._layer(self.pair_rows[index].labels_combo.currentText()) if index < len(
+                self.pair_rows) else None
+            if layer is not None:
+                self._outbox.put(("labels", (index, snapshot_labels(layer))))
+        self._dirty = set()
 
     def stop_training(self) -> None:
         """Stop after the step in flight (the trainer saves last.ckpt); Continue resumes from it."""
@@ -583,7 +674,10 @@ class TrainPanel(QWidget):
         self.session.training = TRAINING_RUNNING
         if self.session.snapshot_wanted:  # Segment was pressed just before: serve it with this run
             self._snapshot_request.set()
-        self._hold_switch_interval()
+        if self.train_in_process:
+            self._watch_annotations()
+        else:
+            self._hold_switch_interval()
         self.status.setText("Preparing the annotations…")
         self.job.start()
         self._update_buttons()
@@ -603,6 +697,8 @@ class TrainPanel(QWidget):
                 self.session.snapshot_wanted = False
             elif isinstance(event, Notice):
                 show_warning(event.text)
+            elif isinstance(event, WorkerAnnotations):
+                self.worker_pid, self.worker_annotated = event.pid, event.annotated
             elif isinstance(event, RunStarted):
                 self.run_dir = event.run_dir
                 self.status.setText(f"Training in {event.run_dir}")
@@ -693,6 +789,7 @@ class TrainPanel(QWidget):
 
     def _end_job(self) -> None:
         self._release_switch_interval()
+        self._unwatch_annotations()
         self._stopping = False
         self._preview_source = None
         self._last_status = ""

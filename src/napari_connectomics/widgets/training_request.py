@@ -30,7 +30,7 @@ from ..config import validate_config
 from ..data.annotations import annotations_path, write_annotations
 from ..data.splits import split_sparse
 from ..training.run_dir import new_run_dir
-from .notify import UserError
+from .errors import UserError
 
 __all__ = [
     "DEVICES",

@@ -1,0 +1,138 @@
+"""GUI training in a worker process (real viewers): it trains in another process, survives the
+worker being killed, leaves no process behind a closed viewer, and hears about repainted labels."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import psutil
+import pytest
+
+napari = pytest.importorskip("napari")
+
+from napari_connectomics.config import load_config  # noqa: E402
+from napari_connectomics.widgets.train_worker import ERROR_MEMORY, ERROR_USER  # noqa: E402
+from napari_connectomics.widgets import notify  # noqa: E402
+from napari_connectomics.widgets.errors import UserError  # noqa: E402
+from napari_connectomics.widgets.session import session_for  # noqa: E402
+from napari_connectomics.widgets.worker_client import WORKER_MODULE, worker_error  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+TINY_MODEL = ["model.architecture=monai_basic_unet3d", "model.filters=[4,4,8,16,32,4]", "training.val_patches=2"]
+WAIT_MS = 240_000
+
+
+def workers() -> list[psutil.Process]:
+    """Live training worker processes started by this test process."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and WORKER_MODULE in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    shown: list[str] = []
+    monkeypatch.setattr(notify, "show_error", lambda message, *a, **k: shown.append(str(message)))
+    return shown
+
+
+@pytest.fixture
+def setup(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-connectomics", "synthetic_em")
+    session_for(viewer).config = load_config(overrides=TINY_MODEL)
+    truth = viewer.layers["mitochondria (ground truth)"].data
+    labels = np.zeros(truth.shape, np.uint8)
+    for z in (8, 10, 12, 14):
+        labels[z] = np.where(truth[z] > 0, 2, 1)
+    image = viewer.layers["synthetic EM"]
+    painted = viewer.add_labels(labels, name="painted", scale=image.scale)
+    _, panel = viewer.window.add_plugin_dock_widget("napari-connectomics", "Train")
+    panel.patch_size.value = "16, 32, 32"
+    panel.batch_size.value = 1
+    panel.steps.value = 2000
+    panel.preview_every.value = 0
+    panel.output_dir.value = str(tmp_path / "runs")
+    yield viewer, panel, painted
+    if panel.job is not None and panel.running:
+        try:
+            panel.stop_training()
+        except RuntimeError:  # the viewer (and the panel) were closed: the worker ended with it
+            pass
+        panel.wait(120)
+
+
+def test_the_first_train_runs_in_the_worker_process(setup, qtbot, errors):
+    viewer, panel, painted = setup
+    assert panel.train_in_process and panel.worker.alive  # started when the panel opened
+    panel.steps.value = 3
+    panel.train_button.click()
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert not errors, errors
+    result = panel.last_result
+    assert result.global_step == 3 and result.last_checkpoint.is_file()
+    assert panel.loss_plot.points("train")
+    assert result.pid == panel.worker_pid != os.getpid()  # trained in another process
+    assert session_for(viewer).checkpoint in (str(result.last_checkpoint), str(result.best_checkpoint))
+
+
+def test_a_killed_worker_is_one_notification_and_the_next_train_works(setup, qtbot, errors):
+    viewer, panel, painted = setup
+    panel.train_button.click()
+    qtbot.waitUntil(lambda: len(panel.loss_plot.points("train")) >= 1, timeout=WAIT_MS)
+    os.kill(panel.worker_pid, signal.SIGKILL)
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert len(errors) == 1 and "killed" in errors[0] and "\n" not in errors[0], errors
+    assert panel.train_button.isEnabled() and not panel.stop_button.isEnabled()
+    assert session_for(viewer).busy == ""
+    viewer.add_points([[1, 2, 3]])  # the viewer keeps working
+    viewer.dims.set_current_step(0, 5)
+    killed = panel.worker_pid
+    panel.steps.value = 2
+    panel.train_button.click()
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert len(errors) == 1, errors
+    assert panel.last_result.global_step == 2 and panel.worker_pid not in (killed, os.getpid())
+
+
+def test_closing_the_viewer_during_a_run_leaves_no_process(setup, qtbot):
+    viewer, panel, painted = setup
+    panel.train_button.click()
+    qtbot.waitUntil(lambda: len(panel.loss_plot.points("train")) >= 1, timeout=WAIT_MS)
+    pid = panel.worker_pid
+    assert pid in [p.pid for p in workers()]
+    viewer.close()
+    # this viewer's worker (workers of earlier tests' viewers end with those viewers' own teardown)
+    qtbot.waitUntil(lambda: pid not in [p.pid for p in workers()], timeout=30_000)
+
+
+def test_annotations_edited_during_a_run_reach_the_worker(setup, qtbot):
+    viewer, panel, painted = setup
+    panel.train_button.click()
+    qtbot.waitUntil(lambda: panel.worker_annotated is not None, timeout=WAIT_MS)
+    before = panel.worker_annotated
+    assert before == int(np.count_nonzero(painted.data))
+    painted.brush_size = 10
+    painted.paint((20, 100, 100), 2)  # a new section painted while the network trains
+    qtbot.waitUntil(lambda: panel.worker_annotated != before, timeout=60_000)
+    assert panel.worker_annotated == int(np.count_nonzero(painted.data)) > before
+    assert panel.running
+    panel.stop_training()
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert panel.last_result.stopped
+
+
+def test_worker_errors_become_the_panel_errors():
+    assert isinstance(worker_error(ERROR_USER, "pick a layer"), UserError)
+    out_of_memory = notify.describe_error(worker_error(ERROR_MEMORY, "CUDA out of memory"), "Training")
+    assert "out of memory" in out_of_memory and "\n" not in out_of_memory
+    assert notify.describe_error(worker_error("other", "ZeroDivisionError: x"), "Training") == (
+        "Training failed: ZeroDivisionError: x")
