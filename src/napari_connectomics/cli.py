@@ -121,26 +121,15 @@ def _add_verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
                        help="also the libraries' own messages (Lightning, MONAI)")
 
 
-def _quiet_libraries(verbose: bool) -> None:
-    """Our progress and results, not library noise: Lightning's advertisement and its own pytree
-    deprecation warning are dropped unless --verbose."""
-    import warnings
-
-    if verbose:
-        return
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    advert = logging.Filter()
-    advert.filter = lambda record: not str(record.getMessage()).startswith("\N{ELECTRIC LIGHT BULB} Tip")  # type: ignore
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(advert)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
-    _quiet_libraries(args.verbose or args.debug)
+    if not (args.verbose or args.debug):
+        from .training.quiet import quiet_libraries
+
+        quiet_libraries()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -254,6 +254,9 @@ def main(argv: list[str] | None = None) -> None:
 
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="[training worker] %(levelname)s %(name)s: %(message)s")
+    from ..training.quiet import quiet_libraries
+
+    quiet_libraries()
     serve(Connection(int(args[0])))
     os._exit(0)  # a run still in flight (napari closed) ends with the process
 
