@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 GUI_FIXTURES = {"qtbot", "make_napari_viewer", "make_napari_viewer_proxy", "qapp"}
@@ -37,3 +38,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("gui") is not None:
             item.add_marker(skip)
+
+
+def paint_sparse(viewer, sections=(8, 10, 12, 14), name="painted"):
+    """Background 1 and mitochondria 2 on a few sections of the synthetic sample, in a new Labels
+    layer (as a user would paint them)."""
+    truth = viewer.layers["mitochondria (ground truth)"].data
+    labels = np.zeros(truth.shape, np.uint8)
+    for z in sections:
+        labels[z] = np.where(truth[z] > 0, 2, 1)
+    image = viewer.layers["synthetic EM"]
+    return viewer.add_labels(labels, name=name, scale=image.scale)

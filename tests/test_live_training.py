@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from conftest import paint_sparse
 import pytest
 
 napari = pytest.importorskip("napari")
@@ -81,11 +82,7 @@ def workflow(make_napari_viewer, tmp_path, request):
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "synthetic_em")
     image = viewer.layers["synthetic EM"]
-    truth = viewer.layers["mitochondria (ground truth)"].data
-    sparse = np.zeros(truth.shape, np.uint8)
-    for z in (6, 12, 18):
-        sparse[z] = np.where(truth[z] > 0, 2, 1)
-    painted = viewer.add_labels(sparse, name="painted", scale=image.scale)
+    painted = paint_sparse(viewer, sections=(6, 12, 18))
     session_for(viewer).config = load_config(overrides=TINY_2D if two_d else TINY_MODEL)
     _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "Connectomics")
     train = dock.train_panel

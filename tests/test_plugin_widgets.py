@@ -7,6 +7,7 @@ import sys
 import subprocess
 
 import numpy as np
+from conftest import paint_sparse
 import pytest
 
 napari = pytest.importorskip("napari")
@@ -105,11 +106,8 @@ def test_paint_train_stop_continue_then_segment_with_that_checkpoint(make_napari
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "synthetic_em")
     image = viewer.layers["synthetic EM"]
-    truth = viewer.layers["mitochondria (ground truth)"].data
-    sparse = np.zeros(truth.shape, np.uint8)
-    for z in (6, 12, 18):
-        sparse[z] = np.where(truth[z] > 0, 2, 1)  # painted sections: mitochondria 2, background 1
-    painted = viewer.add_labels(sparse, name="painted", scale=image.scale)
+    painted = paint_sparse(viewer, sections=(6, 12, 18))  # mitochondria 2, background 1
+    sparse = np.asarray(painted.data)
     before = (np.asarray(image.data).copy(), sparse.copy())
     _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "Connectomics")
     session = session_for(viewer)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from conftest import paint_sparse
 import pytest
 
 napari = pytest.importorskip("napari")
@@ -23,16 +24,6 @@ pytestmark = pytest.mark.gui
 TINY_MODEL = ["model.architecture=monai_basic_unet3d", "model.filters=[4,4,8,16,32,4]",
               "training.val_patches=2"]
 WAIT_MS = 240_000
-
-
-def paint_sparse(viewer, sections=(8, 10, 12, 14), name="painted"):
-    """Background 1 and mitochondria 2 on a few sections, in a new Labels layer (as a user would)."""
-    truth = viewer.layers["mitochondria (ground truth)"].data
-    labels = np.zeros(truth.shape, np.uint8)
-    for z in sections:
-        labels[z] = np.where(truth[z] > 0, 2, 1)
-    image = viewer.layers["synthetic EM"]
-    return viewer.add_labels(labels, name=name, scale=image.scale)
 
 
 def tiny(panel, tmp_path, steps=4, preview_every=0) -> None:

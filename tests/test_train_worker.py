@@ -7,6 +7,7 @@ import os
 import signal
 
 import numpy as np
+from conftest import paint_sparse
 import psutil
 import pytest
 
@@ -49,12 +50,7 @@ def setup(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-connectomics", "synthetic_em")
     session_for(viewer).config = load_config(overrides=TINY_MODEL)
-    truth = viewer.layers["mitochondria (ground truth)"].data
-    labels = np.zeros(truth.shape, np.uint8)
-    for z in (8, 10, 12, 14):
-        labels[z] = np.where(truth[z] > 0, 2, 1)
-    image = viewer.layers["synthetic EM"]
-    painted = viewer.add_labels(labels, name="painted", scale=image.scale)
+    painted = paint_sparse(viewer)
     _, panel = viewer.window.add_plugin_dock_widget("napari-connectomics", "Train")
     panel.patch_size.value = "16, 32, 32"
     panel.batch_size.value = 1

@@ -32,9 +32,6 @@ def inference_default(name: str) -> Any:
     return _SCHEMA[name].default
 
 
-_default = inference_default
-
-
 def _choices(name: str) -> tuple[str, ...]:
     return tuple(c for c in _SCHEMA[name].metadata["choices"] if c is not None)
 
@@ -51,16 +48,16 @@ class PredictOptions:
     fit a small volume; a given window is strict."""
 
     window: tuple[int, ...] | None = None  # z, y, x (3D nets); 2D nets: (y, x) or (1, y, x)
-    overlap: float = _default("overlap")
-    batch_size: int = _default("batch_size")
-    blending: str = _default("blending")
-    padding_mode: str = _default("padding_mode")
-    tta: bool = _default("tta")
-    device: str = _default("device")
-    output_dtype: str = _default("output_dtype")
+    overlap: float = inference_default("overlap")
+    batch_size: int = inference_default("batch_size")
+    blending: str = inference_default("blending")
+    padding_mode: str = inference_default("padding_mode")
+    tta: bool = inference_default("tta")
+    device: str = inference_default("device")
+    output_dtype: str = inference_default("output_dtype")
     block_size: tuple[int, int, int] | None = None  # None: whole volume if it fits, else auto
     roi: tuple[slice, slice, slice] | None = None  # z, y, x region of the volume to predict
-    memory_limit_mb: int = _default("memory_limit_mb")  # the whole-volume path, and each automatic block
+    memory_limit_mb: int = inference_default("memory_limit_mb")  # the whole-volume path, and each automatic block
 
     def __post_init__(self) -> None:
         if self.window is not None:

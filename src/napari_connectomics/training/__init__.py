@@ -11,7 +11,7 @@ _EXPORTS = {
     "load_checkpoint": "..models.checkpoint",
     "load_model_from_checkpoint": "..models.checkpoint",
     "TrainingData": "datamodule",
-    "TrainResult": "trainer",
+    "TrainResult": "result",
     "train": "trainer",
 }
 

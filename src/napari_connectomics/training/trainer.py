@@ -9,7 +9,6 @@ import os
 import threading
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from .checkpoint import AtomicCheckpointIO, load_checkpoint, model_state_dict
 from .datamodule import TrainingData, VolumeDataModule
 from .module import LOGGED_METRICS, SegmentationModule, monitored_metric
 from .run_data import absolute_spec, record_training_data
+from .result import TrainResult
 from .run_dir import new_run_dir
 
 __all__ = ["TrainResult", "build_trainer", "resolve_devices", "train"]
@@ -34,24 +34,6 @@ logger = logging.getLogger(__name__)
 
 PATH_KEYS = ("train_image", "train_label", "val_image", "val_label")
 RUN_DIR_ENV = "NAPARI_CONNECTOMICS_RUN_DIR"
-
-
-@dataclass
-class TrainResult:
-    """Where a run wrote its files and how it ended."""
-
-    run_dir: Path
-    checkpoint_dir: Path
-    best_checkpoint: Path | None
-    last_checkpoint: Path | None
-    best_score: float | None
-    monitor: str
-    global_step: int
-    stopped: bool
-    metrics: dict[str, float] = field(default_factory=dict)
-    global_rank: int = 0
-    validation: str = ""  # what validated, one line (e.g. the pieces of the annotation held out)
-    held_out: bool = True  # False: validation scored the training data, logged as train_eval/...
 
 
 def train(

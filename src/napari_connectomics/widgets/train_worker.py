@@ -23,13 +23,15 @@ import time: the napari side imports this module for the message types.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import sys
 import threading
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
+
+from ..training.result import TrainResult
 
 __all__ = ["RunSummary", "WorkerAnnotations", "error_message", "serve"]
 
@@ -49,31 +51,19 @@ class WorkerAnnotations:
 
 
 @dataclass
-class RunSummary:
-    """The fields of :class:`~napari_connectomics.training.trainer.TrainResult` the panels use, as plain
-    data (unpickling a TrainResult would import Lightning into napari)."""
+class RunSummary(TrainResult):
+    """A run's :class:`~napari_connectomics.training.result.TrainResult` as plain numbers, plus the
+    worker's pid (the result module is torch-free, so napari unpickles it without the engine)."""
 
-    run_dir: Path
-    checkpoint_dir: Path
-    best_checkpoint: Path | None
-    last_checkpoint: Path | None
-    best_score: float | None
-    monitor: str
-    global_step: int
-    stopped: bool
-    metrics: dict[str, float] = field(default_factory=dict)
-    validation: str = ""
-    held_out: bool = True
     pid: int = 0
 
     @classmethod
-    def of(cls, result: Any) -> "RunSummary":
-        return cls(run_dir=Path(result.run_dir), checkpoint_dir=Path(result.checkpoint_dir),
-                   best_checkpoint=result.best_checkpoint, last_checkpoint=result.last_checkpoint,
-                   best_score=None if result.best_score is None else float(result.best_score),
-                   monitor=str(result.monitor), global_step=int(result.global_step), stopped=bool(result.stopped),
-                   metrics={k: float(v) for k, v in dict(result.metrics).items()},
-                   validation=str(result.validation), held_out=bool(result.held_out), pid=os.getpid())
+    def of(cls, result: TrainResult) -> "RunSummary":
+        values = {f.name: getattr(result, f.name) for f in dataclasses.fields(TrainResult)}
+        values["metrics"] = {k: float(v) for k, v in dict(result.metrics).items()}
+        if values["best_score"] is not None:
+            values["best_score"] = float(values["best_score"])
+        return cls(**values, pid=os.getpid())
 
 
 def error_message(error: BaseException) -> tuple[str, str]:

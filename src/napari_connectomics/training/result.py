@@ -1,0 +1,27 @@
+"""What a training run returns, as plain data: no Lightning or torch here, so the napari side can
+receive a run's result from the training worker without loading the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["TrainResult"]
+
+
+@dataclass
+class TrainResult:
+    """Where a run wrote its files and how it ended."""
+
+    run_dir: Path
+    checkpoint_dir: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    best_score: float | None
+    monitor: str
+    global_step: int
+    stopped: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+    global_rank: int = 0
+    validation: str = ""  # what validated, one line (e.g. the pieces of the annotation held out)
+    held_out: bool = True  # False: validation scored the training data, logged as train_eval/...
