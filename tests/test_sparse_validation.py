@@ -143,3 +143,52 @@ def test_schedule_decays_over_the_time_budget(tmp_path, sample, schedule):
     assert record.lrs[0] == pytest.approx(lr * 2 / 3)  # warm-up, counted in steps
     assert record.lrs[-1] < min_lr + 0.2 * (lr - min_lr), record.lrs[-5:]  # without the budget: ~lr
     assert record.lrs[-1] >= min_lr
+
+
+def test_labels_repainted_during_a_run_train_from_the_next_step(sample, tmp_path):
+    """LabelUpdates swaps new labels in between two steps: a newly painted section trains, voxels the
+    run's validation held out stay held out, and the same weights and optimizer carry on."""
+    from napari_connectomics.training.callbacks import LabelUpdates
+
+    first = scribbles(sample, sections=(3, 8))
+    repainted = scribbles(sample, sections=(3, 8, 13))  # a correction on a new section
+    applied: list[dict[int, int]] = []
+    updates = LabelUpdates(on_applied=applied.append)
+    seen: dict[str, object] = {}
+
+    class Repaint(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 2:
+                seen["optimizer"] = trainer.optimizers[0]
+                seen["before"] = trainer.datamodule.train_set.sources[0].annotated_total
+                updates.submit(0, repainted)
+
+        def on_train_end(self, trainer, pl_module):
+            seen["after_optimizer"] = trainer.optimizers[0]
+            seen["train_label"] = trainer.datamodule.train_set.sources[0].label.read()
+            seen["val_label"] = trainer.datamodule.val_set.sources[0].label.read()
+
+    cfg = small_2d(tmp_path, "data.label_mode=sparse", "data.target=semantic", "model.out_channels=2")
+    result = train(cfg, data=[(sample.image, first)], callbacks=[updates, Repaint()])
+    assert result.global_step == 6 and result.held_out
+    assert updates.applied == 1 and len(applied) == 1
+    assert applied[0][0] > seen["before"]  # the new section's strokes are training now
+    assert seen["after_optimizer"] is seen["optimizer"]  # same optimizer (and state) throughout
+    train_label, val_label = seen["train_label"], seen["val_label"]
+    assert np.count_nonzero(train_label[13]) == np.count_nonzero(repainted[13])  # new strokes all train
+    assert not (train_label.astype(bool) & val_label.astype(bool)).any()
+    np.testing.assert_array_equal(np.where(val_label > 0, val_label, train_label), repainted)
+    held_at_start = split_sparse(first, float(cfg.data.val_fraction), "pieces", int(cfg.system.seed)).val > 0
+    np.testing.assert_array_equal(val_label > 0, held_at_start & (repainted > 0))
+
+
+def test_replace_labels_refuses_another_shape(sample, tmp_path):
+    from napari_connectomics.training.datamodule import VolumeDataModule
+
+    cfg = small_2d(tmp_path, "data.label_mode=sparse", "data.target=semantic", "model.out_channels=2")
+    module = VolumeDataModule(cfg, [(sample.image, scribbles(sample))])
+    module.setup("fit")
+    with pytest.raises(ValueError, match="repaint the same layer"):
+        module.replace_labels(0, np.zeros((4, 4, 4), np.uint8))
+    with pytest.raises(IndexError, match="does not exist"):
+        module.replace_labels(3, scribbles(sample))

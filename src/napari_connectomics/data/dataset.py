@@ -13,6 +13,8 @@ padded: the image by reflection, the label with IGNORE_INDEX, so the loss never 
 
 from __future__ import annotations
 
+import copy
+
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -260,6 +262,7 @@ class _PatchSet(Dataset):
             for p in pairs
         ]
         self.sparse = label_mode == "sparse"
+        self._index_foreground = bool(index_foreground)
         if index_foreground or self.sparse:
             for k, src in enumerate(self.sources):
                 src.index_voxels(index_foreground, self.sparse, seed=_seed_of(self.seed, k))
@@ -270,6 +273,26 @@ class _PatchSet(Dataset):
         if self.sparse and not any(s.annotated_total for s in self.sources):
             logger.warning("the sparse labels hold no annotated voxel (all 0): "
                            "the loss ignores every patch")
+
+    def replace_label(self, k: int, label: Any) -> int:
+        """Train on new labels for pair ``k`` from the next patch on (labels repainted during a run).
+
+        The image, its intensity statistics and the pair's region stay; the voxel indices are taken
+        anew. The source is swapped whole, so a patch being read meanwhile sees the old one or the new
+        one, never a mix. Returns the pair's annotated voxels (sparse labels) or its voxel count.
+        """
+        old = self.sources[k]
+        volume = open_volume(label)
+        if tuple(volume.shape) != tuple(old.label.shape):
+            raise ValueError(f"new labels for {old.label.source} have shape {tuple(volume.shape)}, "
+                             f"not {tuple(old.label.shape)}; repaint the same layer")
+        volume.source = old.label.source
+        new = copy.copy(old)
+        new.label = volume
+        if self._index_foreground or self.sparse:
+            new.index_voxels(self._index_foreground, self.sparse, seed=_seed_of(self.seed, k))
+        self.sources[k] = new
+        return int(new.annotated_total) if self.sparse else new.voxels
 
     def _log_sources(self, foreground_indexed: bool) -> None:
         for src in self.sources:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -11,7 +11,7 @@ import lightning as L
 from ..progress import Progress, ProgressCallback, emit
 from .module import TRAIN_EVAL
 
-__all__ = ["ProgressRelay"]
+__all__ = ["LabelUpdates", "ProgressRelay"]
 
 
 def _floats(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -62,3 +62,38 @@ class ProgressRelay(L.Callback):
         scores = trainer.callback_metrics  # train_eval/: validation on the training data (nothing held out)
         metrics = _floats(scores, "val/") | _floats(scores, f"{TRAIN_EVAL}/")
         emit(self.callbacks, Progress(trainer.global_step, self._total(trainer), "validation", metrics, stage="validate"))
+
+
+class LabelUpdates(L.Callback):
+    """Labels repainted while a run trains, swapped into its training data between two steps.
+
+    Another thread (the napari worker's message loop) calls :meth:`submit`; the training thread
+    applies the latest labels of each pair before its next step, through
+    :meth:`~.datamodule.VolumeDataModule.replace_labels`, so the weights and the optimizer carry on:
+    paint a correction, watch the preview change. ``on_applied(annotated)`` hears the annotated
+    voxel count of every pair after each swap.
+    """
+
+    def __init__(self, on_applied: Callable[[dict[int, int]], None] | None = None) -> None:
+        self.on_applied = on_applied
+        self._pending: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        self.annotated: dict[int, int] = {}
+        self.applied = 0
+
+    def submit(self, index: int, labels: Any) -> None:
+        """Queue ``labels`` for training pair ``index``; a newer submit of the same pair replaces it."""
+        with self._lock:
+            self._pending[int(index)] = labels
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        for index, labels in pending.items():
+            self.annotated[index] = trainer.datamodule.replace_labels(index, labels)
+            self.applied += 1
+        if self.on_applied is not None:
+            self.on_applied(dict(self.annotated))

@@ -88,6 +88,8 @@ class VolumeDataModule(L.LightningDataModule):
         self.val_set: ValidationPatches | None = None
         self.held_out = True  # False once setup finds no held-out data: validation runs on the training data
         self.validation = ""  # what validates, one line (set by setup)
+        # training pair k -> (its validation pair's index, voxels held out of its labels or None)
+        self._held_out_of: dict[int, tuple[int, np.ndarray | None]] = {}
 
     # --- which volumes ---------------------------------------------------------------------------
     def _pairs(self) -> tuple[list[VolumePair], list[VolumePair]]:
@@ -131,11 +133,14 @@ class VolumeDataModule(L.LightningDataModule):
         :mod:`..data.splits` for sparse ones); without any held-out part, validate on the training data
         and say so (:attr:`held_out` False: its scores are logged as ``train_eval/``)."""
         train_pairs, val_pairs, notes = [], [], []
-        for image, label in train:
+        for k, (image, label) in enumerate(train):
             pair_train, pair_val, note = (self._split_sparse if self.cfg.data.label_mode == "sparse"
                                           else self._split_dense)(image, label)
             train_pairs.append(pair_train)
-            val_pairs += [pair_val] if pair_val is not None else []
+            if pair_val is not None:
+                held = pair_val.label.read() != 0 if pair_val.label is not label else None
+                self._held_out_of[k] = (len(val_pairs), held)
+                val_pairs.append(pair_val)
             notes.append(f"{label.source}: {note}")
         self.held_out = bool(val_pairs)
         if not val_pairs:
@@ -188,6 +193,36 @@ class VolumeDataModule(L.LightningDataModule):
                              "paint background as 1 and objects as 2 (or set data.label_mode=dense)")
         self.val_set = ValidationPatches(val_pairs, list(d.patch_size), n_patches=cfg.training.val_patches,
                                          seed=cfg.system.seed, **common)
+
+    def replace_labels(self, index: int, labels: Any) -> int:
+        """Labels repainted while the run trains, for training pair ``index`` (``data.train`` order):
+        used from the next step on, with the same weights and optimizer (the napari worker calls
+        this between two steps; see :class:`~.callbacks.LabelUpdates`).
+
+        The validation split of the run's start stays: voxels it held out of sparse labels go to
+        validation with their new values, every other annotated voxel (new strokes included) trains;
+        a dense pair's held-out z-range keeps validating its part of the new labels. Returns the
+        annotated voxels the pair now trains on (sparse labels).
+        """
+        assert self.train_set is not None and self.val_set is not None, "replace_labels() before setup()"
+        if not 0 <= index < len(self.train_set.sources):
+            raise IndexError(f"training pair {index} does not exist (the run has {len(self.train_set.sources)})")
+        new = np.asarray(labels)
+        current = self.train_set.sources[index].label
+        if new.shape != tuple(current.shape):
+            raise ValueError(f"new labels for {current.source} have shape {new.shape}, not {tuple(current.shape)}; "
+                             "repaint the same layer")
+        if not self.held_out:  # validation scores the training pairs themselves
+            self.val_set.replace_label(index, new)
+            return self.train_set.replace_label(index, new)
+        val_index, held = self._held_out_of.get(index, (None, None))
+        if val_index is None:
+            return self.train_set.replace_label(index, new)
+        if held is None:  # a dense z-range split: both parts read the one label volume
+            self.val_set.replace_label(val_index, new)
+            return self.train_set.replace_label(index, new)
+        self.val_set.replace_label(val_index, np.where(held, new, 0).astype(new.dtype, copy=False))
+        return self.train_set.replace_label(index, np.where(held, 0, new).astype(new.dtype, copy=False))
 
     def _check_volumes(self, pairs: list[VolumePair]) -> None:
         """Fail before training on what would otherwise fail (or silently mislead) inside it."""
