@@ -8,7 +8,7 @@ import numpy as np
 
 from .volumes import Volume
 
-__all__ = ["check_finite", "check_patch_fits", "label_range"]
+__all__ = ["check_finite", "check_not_rgb", "check_patch_fits", "label_range"]
 
 _BLOCK_VOXELS = 8_000_000
 
@@ -44,8 +44,22 @@ def check_finite(volume: Volume) -> None:
                              "replace them (e.g. numpy.nan_to_num) before training")
 
 
+def check_not_rgb(shape: tuple[int, ...], source: str) -> None:
+    """Refuse a colour image (a last axis of 3 or 4 values after a real y axis, as napari reads RGB):
+    read as z-y-x it would be segmented as a volume 3 voxels wide, without a word."""
+    shape = tuple(int(n) for n in shape)
+    if len(shape) in (3, 4) and shape[-1] in (3, 4) and shape[-2] > 4:
+        size = "x".join(map(str, shape))
+        raise ValueError(f"{source} of shape {size} looks like a colour (RGB) image: its last axis "
+                         f"holds {shape[-1]} values; convert it to grey values (e.g. "
+                         "image.mean(axis=-1)), or for a multi-channel network put the channels "
+                         "first (numpy.moveaxis(image, -1, 0))")
+
+
 def check_patch_fits(volume: Volume, patch_size: list[int], spatial_dims: int, has_channels: bool) -> None:
-    """A 3D patch cannot be padded out of a single section: that needs a 2D network."""
+    """A 3D patch cannot be padded out of a single section: that needs a 2D network (a colour image is
+    refused first: its colour axis is no section)."""
+    check_not_rgb(volume.shape, volume.source)
     shape = volume.shape[1:] if has_channels else volume.shape
     if spatial_dims == 3 and (len(shape) < 3 or shape[0] == 1) and patch_size[0] > 1:
         raise ValueError(f"data.patch_size asks for {patch_size[0]} z-sections but {volume.source} has a single "

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .checks import check_not_rgb
 from .conventions import IGNORE_INDEX
 from .normalize import NORMALIZATION_MODES, IntensityStats, intensity_stats, read_normalized
 from .targets import LABEL_MODES, TARGETS, labels_to_classes
@@ -504,6 +505,8 @@ def _name(volume: Any) -> str:
 
 def _check_pair(image: Volume, label: Volume, in_channels: int) -> bool:
     """Whether the image has a leading channel axis; ValueError when the shapes disagree."""
+    if tuple(image.shape[:-1]) == tuple(label.shape):  # a trailing axis: a colour image?
+        check_not_rgb(image.shape, image.source)
     has_channels = image.ndim == label.ndim + 1
     spatial = image.shape[1:] if has_channels else image.shape
     if label.ndim not in (2, 3) or tuple(spatial) != tuple(label.shape):
@@ -516,7 +519,8 @@ def _check_pair(image: Volume, label: Volume, in_channels: int) -> bool:
     if channels != in_channels:
         raise ValueError(
             f"image {image.source} has {channels} channel(s) (shape {tuple(image.shape)}) but "
-            f"in_channels is {in_channels}; multi-channel images need a leading channel axis"
+            f"model.in_channels is {in_channels}; set model.in_channels={channels}, or give "
+            f"{in_channels} channel(s) on the image's first axis"
         )
     return has_channels
 

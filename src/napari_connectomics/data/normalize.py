@@ -107,6 +107,8 @@ def _block_shape(shape: Sequence[int], chunks: Sequence[int] | None, max_voxels:
 
 
 def _stats_of(values: np.ndarray, percentiles: tuple[float, float]) -> IntensityStats:
+    if values.dtype == bool:  # a binary image: intensities 0 and 1 (numpy cannot subtract booleans)
+        values = values.view(np.uint8)
     if values.dtype.kind in "fc":
         values = values[np.isfinite(values)]
     if values.size == 0:

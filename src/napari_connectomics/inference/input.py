@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.checks import check_not_rgb
 from ..data.normalize import IntensityStats, read_normalized
 from ..data.volumes import Volume, open_volume
 
@@ -34,9 +35,14 @@ class VolumeInput:
 
     def read(self, region: Sequence[slice]) -> np.ndarray:
         index = tuple(slice(r.start + o, r.stop + o) for r, o in zip(region, self.offset))
-        return read_normalized(self.volume, index[1:] if self.flat else index,
+        data = read_normalized(self.volume, index[1:] if self.flat else index,
                                has_channels=self.has_channels, flat=self.flat,
                                mode=self.normalize, stats=self.stats, copy=False)
+        if self.volume.dtype.kind == "f" and not np.isfinite(data).all():  # NaN out, silently, otherwise
+            where = ", ".join(f"{a} {s.start}:{s.stop}" for a, s in zip("zyx", index[-3:]))
+            raise ValueError(f"the image {self.volume.source} holds NaN or infinite values (in {where}) that "
+                             "reach the network; replace them (e.g. numpy.nan_to_num) before predicting")
+        return data
 
     def whole(self) -> tuple[slice, slice, slice]:
         return tuple(slice(0, n) for n in self.shape)  # type: ignore[return-value]
@@ -49,6 +55,8 @@ def prepare_input(volume: Any, in_channels: int, roi: Sequence[slice] | None = N
         logger.info("multiscale data: predicting its full-resolution level")
         volume = volume[0]
     opened = open_volume(volume)
+    if in_channels == 1 or opened.ndim == 3:  # (c, z, y, x) of a multi-channel network may end in x = 3
+        check_not_rgb(opened.shape, opened.source)
     has_channels, flat = _layout(opened.shape, in_channels, opened.source)
     spatial = opened.shape[1:] if has_channels else opened.shape
     offset, size = _roi_box(roi, (1, *spatial) if flat else spatial)
@@ -125,5 +133,6 @@ def read_once(source: VolumeInput, limit: int) -> VolumeInput:
         (1, *volume.shape[-2:]) if source.flat else volume.shape[-3:])
     if volume.in_memory or not whole or volume.size * volume.dtype.itemsize > limit // 4:
         return source
-    held = _HeldVolume(volume[...], volume.chunks)
-    return dataclasses.replace(source, volume=open_volume(held))
+    held = open_volume(_HeldVolume(volume[...], volume.chunks))
+    held.source = volume.source  # errors still name the file
+    return dataclasses.replace(source, volume=held)

@@ -1,0 +1,117 @@
+"""Headless recipe comparison on the interactive loop's scribbles: IoU after N training steps.
+
+The GUI benchmark (:mod:`interactive_loop`) measures the whole loop by the clock; this one asks a
+narrower question, by steps, so it can run beside other jobs: which training recipe generalises
+best from the same scribbles (three painted sections of the Lucchi crop) to the whole crop?
+It trains the way the Train panel does (``TrainChoices`` -> ``build_config`` -> ``prepare_run`` on
+the CPU preset, sparse labels, validation pieces held out), with config overrides given on the
+command line, and at each of ``--steps`` predicts the whole crop with the current weights:
+
+    python benchmarks/scribble_recipes.py --steps 160,320,840
+    python benchmarks/scribble_recipes.py --steps 160,320,840 "model.filters=[8,16,32,64,128]"
+    python benchmarks/scribble_recipes.py --context 1        # neighbouring sections as channels
+
+Per step it prints one JSON line: foreground IoU at 0.5 (``iou``), after smoothing the probabilities
+along z (Gaussian, sigma 1 section: ``iou_z_smoothed``), the best threshold of 0.3..0.9 and its IoU,
+false positive / negative voxels and the last train and validation losses. ``--background-share``
+changes how much of each painted section's background is painted (1.0: all of it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import interactive_loop as loop
+
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", default="160,320,840", help="comma-separated steps to score at")
+    parser.add_argument("--context", type=int, default=0,
+                        help="K sections either side stacked as input channels (2K+1 channels)")
+    parser.add_argument("--background-share", type=float, default=loop.BACKGROUND_SHARE)
+    parser.add_argument("--data", default=str(loop.DATA), help="the Lucchi HDF5 file")
+    parser.add_argument("overrides", nargs="*", help="config overrides, key=value (OmegaConf dotlist)")
+    return parser.parse_args(argv)
+
+
+def stacked_sections(image: np.ndarray, k: int) -> np.ndarray:
+    """(2k+1, z, y, x): each section with its k neighbours either side (mirrored at the ends)."""
+    padded = np.pad(image, ((k, k), (0, 0), (0, 0)), mode="reflect")
+    return np.stack([padded[i:i + image.shape[0]] for i in range(2 * k + 1)])
+
+
+def score(foreground: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    from scipy import ndimage as ndi
+
+    mask = foreground > 0.5
+    best_iou, best_t = max((loop.iou(foreground > t, truth), t) for t in THRESHOLDS)
+    return {"iou": round(loop.iou(mask, truth), 4),
+            "iou_z_smoothed": round(loop.iou(ndi.gaussian_filter1d(foreground, 1.0, axis=0) > 0.5, truth), 4),
+            "best_threshold": best_t, "iou_at_best": round(best_iou, 4),
+            "false_positive": int((mask & ~truth).sum()), "false_negative": int((~mask & truth).sum())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import lightning as L
+    from omegaconf import OmegaConf
+
+    from napari_connectomics.inference.predict import PredictOptions, predict
+    from napari_connectomics.training import train
+    from napari_connectomics.training.quiet import quiet_libraries
+    from napari_connectomics.widgets.defaults import default_config
+    from napari_connectomics.widgets.training_request import PairChoice, TrainChoices, build_config, prepare_run
+
+    quiet_libraries()
+    logging.basicConfig(level=logging.WARNING)
+    steps = sorted(int(s) for s in args.steps.split(","))
+    image, truth = loop.load_crop(Path(args.data))
+    loop.BACKGROUND_SHARE = args.background_share
+    painted = loop.paint_scribbles(truth)
+    if args.context:
+        image = stacked_sections(image, args.context)
+    output = tempfile.mkdtemp(prefix="scribble-recipes-")
+    choices = TrainChoices(pairs=[PairChoice("lucchi crop", image, painted)],
+                           knobs={"training": {"max_steps": steps[-1], "output_dir": output}})
+    cfg = build_config(default_config(gpu=False), choices)
+    if args.context:
+        cfg.model.in_channels = 2 * args.context + 1
+    cfg.merge_with_dotlist(list(args.overrides))
+    prepared = prepare_run(choices, cfg)
+    started = time.monotonic()
+
+    class ScoreAtSteps(L.Callback):
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            if trainer.global_step not in steps:
+                return
+            seconds = time.monotonic() - started
+            options = PredictOptions(device="cpu", output_dtype="float32")
+            probabilities = np.asarray(predict(pl_module.model, image, options, cfg=prepared.cfg).probabilities,
+                                       np.float32)
+            pl_module.train()
+            foreground = 1.0 - probabilities[0] if probabilities.shape[0] > 1 else probabilities[0]
+            metrics = trainer.callback_metrics
+            row = {"step": int(trainer.global_step), "seconds": round(seconds, 1), **score(foreground, truth),
+                   "train_loss": round(float(metrics.get("train/loss", float("nan"))), 4),
+                   "val_loss": round(float(metrics.get("val/loss", float("nan"))), 4)}
+            print(json.dumps(row), flush=True)
+
+    print(json.dumps({"overrides": list(args.overrides), "context": args.context,
+                      "background_share": args.background_share, "config": OmegaConf.to_container(prepared.cfg.model)}))
+    train(prepared.cfg, data=prepared.data, callbacks=[ScoreAtSteps()], run_dir=prepared.run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
