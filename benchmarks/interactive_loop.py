@@ -413,6 +413,7 @@ def run_gui(image: np.ndarray, truth: np.ndarray, painted: np.ndarray, budget: f
     monitor.set_phase("after the last run")
     wait_until(lambda: False, 1.0)
     rss_after = rss_mb()
+    engine_loaded = sorted(name for name in ("torch", "lightning", "monai") if name in sys.modules)
     monitor.stop()
     viewer.close()
     return {"defaults": defaults, "first_loss_s": first["loss"], "first_preview_s": first["preview"],
@@ -421,7 +422,7 @@ def run_gui(image: np.ndarray, truth: np.ndarray, painted: np.ndarray, budget: f
             "stalls_over_100ms": [{"ms": ms, "phase": phase, "s_into_phase": at}
                                   for ms, phase, at in sorted(monitor.worst, reverse=True)],
             "stall_p99_ms": float(np.percentile(monitor.gaps, 99)) if monitor.gaps else None,
-            "rss_before_mb": rss_before, "rss_after_mb": rss_after,
+            "rss_before_mb": rss_before, "rss_after_mb": rss_after, "engine_imported_in_napari": engine_loaded,
             "segment_mode": "Stop, Segment (whole volume, offered checkpoint), Continue at each checkpoint"}
 
 
@@ -466,6 +467,8 @@ def report(result: dict[str, Any]) -> None:
         print(f"| 99th percentile of the stalls | {fmt(gui['stall_p99_ms'], '.0f')} ms |")
         print(f"| RSS before the first Train / after the last run | {gui['rss_before_mb']:.0f} MiB / "
               f"{gui['rss_after_mb']:.0f} MiB |")
+        print(f"| torch / Lightning / MONAI imported into napari's process | "
+              f"{', '.join(gui['engine_imported_in_napari']) or 'none'} |")
         print()
         print("| phase | longest stall (ms) |")
         print("| --- | ---: |")

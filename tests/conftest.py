@@ -49,3 +49,26 @@ def paint_sparse(viewer, sections=(8, 10, 12, 14), name="painted"):
         labels[z] = np.where(truth[z] > 0, 2, 1)
     image = viewer.layers["synthetic EM"]
     return viewer.add_labels(labels, name=name, scale=image.scale)
+
+
+def tiny_checkpoint(path):
+    """A tiny 3D network (monai_basic_unet3d, window 16x64x64) saved as training saves it, with
+    random weights and the final layer amplified so its probabilities spread over a range a
+    threshold can split. Imports torch (call it from tests that may)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from napari_connectomics.config import load_config
+    from napari_connectomics.models import build_model
+    from napari_connectomics.models.checkpoint import CONFIG_KEY, atomic_torch_save
+
+    cfg = load_config(overrides=["model.architecture=monai_basic_unet3d", "model.filters=[2,2,4,4,4]",
+                                 "data.patch_size=[16,32,32]", "inference.window_size=[16,64,64]"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
+    with torch.no_grad():
+        convs[-1].weight *= 30
+    state = {"state_dict": {"model." + k: v for k, v in model.state_dict().items()},
+             CONFIG_KEY: OmegaConf.to_container(cfg, resolve=True)}
+    return atomic_torch_save(state, path)

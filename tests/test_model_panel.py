@@ -117,6 +117,7 @@ def test_a_bad_list_is_reported_in_one_line(panel):
 
 
 def test_rapid_edits_build_the_network_once(panel, qtbot, monkeypatch):
+    panel.use_worker = False  # count in this process, where the patched function is
     calls: list[str] = []
     real = panel_module.count_parameters
 
@@ -243,3 +244,10 @@ def test_edits_elsewhere_keep_pending_model_edits(panel):
     assert panel.option("kernel_size").value == 4 and "MedNeXt kernels" in panel.status_label.text()
     panel.option("kernel_size").value = 5
     assert session.config.model.kernel_size == 5 and session.config.training.max_epochs == 7
+
+
+def test_the_info_shows_how_long_a_training_step_takes(panel, qtbot):
+    qtbot.waitUntil(lambda: not panel.probing, timeout=COUNT_TIMEOUT_MS)  # measured in the worker
+    assert panel.step_time is not None and panel.step_time.seconds > 0 and panel.step_time.device == "CPU"
+    assert f"{panel.parameter_count:,} · ~" in panel.info_label.text()
+    assert "per training step on CPU" in panel.info_label.text()

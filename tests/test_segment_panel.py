@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_checkpoint
 
 napari = pytest.importorskip("napari")
 
@@ -44,25 +45,8 @@ def runs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoint(runs) -> Path:
-    """A tiny 3D network saved as training saves it (random weights, final layer amplified so its
-    probabilities spread over a range a threshold can split)."""
-    import torch
-    from omegaconf import OmegaConf
-
-    from napari_connectomics.config import load_config
-    from napari_connectomics.models import build_model
-    from napari_connectomics.models.checkpoint import CONFIG_KEY, atomic_torch_save
-
-    cfg = load_config(overrides=["model.architecture=monai_basic_unet3d", "model.filters=[2,2,4,4,4]",
-                                 "data.patch_size=[16,32,32]", "inference.window_size=[16,64,64]"])
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
-    with torch.no_grad():
-        convs[-1].weight *= 30
-    state = {"state_dict": {"model." + k: v for k, v in model.state_dict().items()},
-             CONFIG_KEY: OmegaConf.to_container(cfg, resolve=True)}
-    return atomic_torch_save(state, runs / "seg" / "20240101-000000" / "checkpoints" / "last.ckpt")
+    """A tiny 3D network saved as training saves it (conftest.tiny_checkpoint)."""
+    return tiny_checkpoint(runs / "seg" / "20240101-000000" / "checkpoints" / "last.ckpt")
 
 
 @pytest.fixture
@@ -302,6 +286,7 @@ def test_cancel_keeps_nothing(make_napari_viewer, qtbot, checkpoint, errors, tmp
     volume = np.random.default_rng(0).integers(0, 255, (16, 64, 64), dtype=np.uint8)
     viewer.add_image(da.from_array(volume, chunks=(8, 32, 32)), name="em")
     panel = dock_panel(viewer)
+    panel.use_worker = False  # segment in this process, where the patched predict is
     configure(panel, checkpoint, qtbot)
     folder = tmp_path / "stores"
     panel.store_edit.value = str(folder)
@@ -405,6 +390,7 @@ def test_crash_inside_the_worker(make_napari_viewer, qtbot, checkpoint, errors, 
     image = viewer.add_image(np.ones((16, 64, 64), np.uint8), name="em")
     before = image.data.copy()
     panel = dock_panel(viewer)
+    panel.use_worker = False  # segment in this process, where the patched predict is
     configure(panel, checkpoint, qtbot)
     run(panel, qtbot)
     assert_failed_cleanly(viewer, panel, errors, image, before, match)

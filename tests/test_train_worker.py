@@ -120,10 +120,19 @@ def test_annotations_edited_during_a_run_reach_the_worker(setup, qtbot):
     painted.paint((20, 100, 100), 2)  # a new section painted while the network trains
     qtbot.waitUntil(lambda: panel.worker_annotated != before, timeout=60_000)
     assert panel.worker_annotated == int(np.count_nonzero(painted.data)) > before
+    # ... and the running training swaps them in between two steps (same run, same optimizer)
+    qtbot.waitUntil(lambda: panel.worker_labels_applied >= 1, timeout=60_000)
     assert panel.running
     panel.stop_training()
     qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
     assert panel.last_result.stopped
+    # labels painted between Stop and Continue train from the continued run's first step
+    painted.paint((24, 60, 60), 1)
+    assert panel.continue_training()
+    qtbot.waitUntil(lambda: panel.worker_labels_applied >= 1 and panel.worker_annotated == int(
+        np.count_nonzero(painted.data)), timeout=WAIT_MS)
+    panel.stop_training()
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
 
 
 def test_worker_errors_become_the_panel_errors():

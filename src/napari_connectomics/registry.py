@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -40,6 +41,8 @@ class NamedRegistry(Generic[T]):
         self.kind = kind
         self._providers = tuple(providers)
         self._loaded = not self._providers
+        self._loading = False
+        self._lock = threading.RLock()  # other threads wait for the built-ins; the loading thread re-enters
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -99,11 +102,21 @@ class NamedRegistry(Generic[T]):
         return f"NamedRegistry({self.kind!r}: {', '.join(self.names())})"
 
     def _load(self) -> None:
+        """Import the providers once. A second thread asking meanwhile waits for them (it would
+        otherwise see a half-filled registry); a provider's own lookups in the loading thread see
+        what is registered so far instead of recursing."""
         if self._loaded:
             return
-        self._loaded = True  # before importing: a provider's own lookups must not recurse
-        for module in self._providers:
-            importlib.import_module(module)
+        with self._lock:
+            if self._loaded or self._loading:
+                return
+            self._loading = True
+            try:
+                for module in self._providers:
+                    importlib.import_module(module)
+                self._loaded = True
+            finally:
+                self._loading = False
 
 
 # The registries of the project. Their entries are the specs defined beside the implementations:

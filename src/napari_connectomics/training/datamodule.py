@@ -112,8 +112,18 @@ class VolumeDataModule(L.LightningDataModule):
         if val:
             self.validation = "separate validation volumes: " + ", ".join(l.source for _, l in val)
             logger.info("validation: %s", self.validation)
+            self._note_held_out(train, val)
             return [VolumePair(i, l) for i, l in train], [VolumePair(i, l) for i, l in val]
         return self._split(train)
+
+    def _note_held_out(self, train: list[tuple[Any, Any]], val: list[tuple[Any, Any]]) -> None:
+        """Validation labels over a training image (the Train panel saves a sparse split so): their
+        voxels are the ones held out of that pair, which :meth:`replace_labels` keeps held out."""
+        for k, (image, label) in enumerate(train):
+            for j, (val_image, val_label) in enumerate(val):
+                if val_image.source == image.source and tuple(val_label.shape) == tuple(label.shape):
+                    self._held_out_of[k] = (j, np.asarray(val_label.read()) != 0)
+                    break
 
     def _cached(self, volume: Any) -> Any:
         """A volume that fits the memory budget is read once: random patches from RAM, not from

@@ -1,8 +1,8 @@
 """The napari panels: Model (architecture picker), Train (from annotations), Segment (checkpoint ->
 layers), and the combined "Connectomics" dock widget holding all three.
 
-Each panel module imports Qt and napari but never torch at import time: torch is loaded by the
-background jobs, so opening a panel is cheap. State the panels share lives in
+Each panel module imports Qt and napari but never torch: the engine runs in the viewer's worker
+process (:mod:`.worker_client`), so opening a panel is cheap and napari stays light. State the panels share lives in
 :mod:`.session` (an evented dataclass per viewer); long work runs through :mod:`.background`.
 """
 

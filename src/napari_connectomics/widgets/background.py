@@ -1,10 +1,16 @@
-"""Long work (training, segmentation) off the GUI thread, with events relayed back to it.
+"""Long work (training, segmentation, requests to the engine worker) off the GUI thread, with
+events relayed back to it.
 
 The work runs in a plain Python thread (Lightning's loop must own its thread); it reports through a
-callback that only puts events on a queue. A napari ``thread_worker`` drains the queue and yields
-the events in batches, which napari delivers on the GUI thread, where the panels update progress
-bars and plots. Stopping sets a ``threading.Event`` the work checks between steps. So the GUI
-thread never runs the work, never blocks on it, and never touches torch.
+callback that only puts events on a queue. A ``QTimer`` on the GUI thread drains the queue every
+:data:`POLL_SECONDS` and delivers the events in batches, where the panels update progress bars and
+plots. Stopping sets a ``threading.Event`` the work checks between steps. So the GUI thread never
+runs the work, never blocks on it, and never touches torch.
+
+The relay takes no thread of Qt's global thread pool (as a napari ``thread_worker`` would, for the
+job's whole life): Qt uses that pool itself (e.g. converting the frames of the activity dock's
+spinner while the GUI thread waits, holding the GIL), so a few long jobs filling it on a 2-core
+machine froze the viewer.
 """
 
 from __future__ import annotations
@@ -16,13 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from napari.qt.threading import thread_worker
+from qtpy.QtCore import QTimer
 
 __all__ = ["BackgroundJob", "JobFailed"]
 
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.05
+_ACTIVE: "set[BackgroundJob]" = set()  # running jobs stay alive (with their timer) until delivered
 
 
 @dataclass(frozen=True)
@@ -73,14 +80,17 @@ class BackgroundJob:
         return self._running
 
     def start(self) -> None:
+        """Start the work thread and the GUI thread's timer that relays its events (call it on the
+        GUI thread)."""
         if self._running:
             raise RuntimeError(f"{self.name} is already running")
         self._running = True
         self._thread = threading.Thread(target=self._run_work, name=self.name, daemon=True)
-        self._relay = _relay(self._thread, self._queue)
-        self._relay.yielded.connect(self._deliver_events)
-        self._relay.returned.connect(self._deliver_outcome)
-        self._relay.errored.connect(self._deliver_relay_error)
+        self._relay = QTimer()
+        self._relay.setInterval(int(POLL_SECONDS * 1000))
+        self._relay.timeout.connect(self._drain)
+        _ACTIVE.add(self)
+        self._thread.start()
         self._relay.start()
 
     def stop(self) -> None:
@@ -102,10 +112,31 @@ class BackgroundJob:
         try:
             result = self._work(self._queue.put, self.stop_event)
         except BaseException as error:  # delivered to the GUI as a notification, never lost
-            logger.exception("%s failed", self.name)
+            if getattr(error, "expected", False):  # e.g. the worker closed with its panels: no traceback
+                logger.debug("%s ended: %s", self.name, error)
+            else:
+                logger.exception("%s failed", self.name)
             self._queue.put(JobFailed(error))
         else:
             self._queue.put(_Finished(result))
+
+    def _drain(self) -> None:
+        """On the GUI thread: deliver the events queued since the last tick, then the outcome."""
+        batch: list[Any] = []
+        try:
+            while True:
+                batch.append(self._queue.get_nowait())
+        except queue.Empty:
+            pass
+        for index, item in enumerate(batch):
+            if isinstance(item, (_Finished, JobFailed)):
+                if self._relay is not None:
+                    self._relay.stop()
+                _ACTIVE.discard(self)
+                self._deliver_events(batch[:index])
+                self._deliver_outcome(item)
+                return
+        self._deliver_events(batch)
 
     def _deliver_events(self, events: list[Any]) -> None:
         if self._on_events is not None and events:
@@ -118,29 +149,3 @@ class BackgroundJob:
                 self._on_error(outcome.error)
         elif self._on_done is not None:
             self._on_done(outcome.result)
-
-    def _deliver_relay_error(self, error: BaseException) -> None:
-        self._running = False
-        if self._on_error is not None:
-            self._on_error(error)
-
-
-@thread_worker(start_thread=False)
-def _relay(thread: threading.Thread, events: queue.Queue):
-    """Start the work thread, then yield its queued events in batches until its outcome arrives."""
-    thread.start()
-    while True:
-        batch: list[Any] = []
-        try:
-            batch.append(events.get(timeout=POLL_SECONDS))
-            while True:
-                batch.append(events.get_nowait())
-        except queue.Empty:
-            pass
-        for index, item in enumerate(batch):
-            if isinstance(item, (_Finished, JobFailed)):
-                if batch[:index]:
-                    yield batch[:index]
-                return item
-        if batch:
-            yield batch

@@ -7,9 +7,12 @@ valid draft replaces ``session.config``; an invalid one is reported in a red lin
 the next edit. The panel also follows configs set elsewhere (a YAML loaded in another panel).
 
 Registry facts (patch multiple, deep-supervision scales, 2D/3D) are shown at once; the parameter
-count needs a built network, so it is computed in a :class:`~.background.BackgroundJob` (on the
-meta device), debounced so a burst of edits builds only the last configuration. Nothing here
-imports torch at import time.
+count needs a built network (on the meta device), so the viewer's engine worker process computes it
+(:mod:`.worker_client`; a :class:`~.background.BackgroundJob` waits for the answer), debounced so a
+burst of edits builds only the last configuration. Then the worker times a training step of the
+config on this machine (:mod:`.step_probe`), shown next to the count; not while a run trains.
+With ``NAPARI_CONNECTOMICS_TRAINING=thread`` both run in a thread of napari's process instead.
+Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ from .model_options import (
 )
 from .notify import describe_error, notify_error
 from .session import session_for
+from .step_probe import probe_config, probe_key
+from .train_worker import import_engine
+from .worker_client import engine_for, use_worker
 
 if TYPE_CHECKING:
     import napari
@@ -74,7 +80,8 @@ class ModelPanel(QWidget):
         architecture: the magicgui ComboBox of architectures (``.value`` is the name).
         option(name): the widget of ``model.<name>`` currently shown; setting its ``.value``
             applies the change as a user edit would.
-        facts / parameter_count / parameter_error / counting: what the info box shows.
+        facts / parameter_count / parameter_error / counting / step_time / probing: what the info
+            box shows (step_time: seconds per training step here, a StepTime, once measured).
         error: the current one-line problem of the draft, or None when it is valid.
     """
 
@@ -98,6 +105,15 @@ class ModelPanel(QWidget):
         self._queued: tuple[Any, DictConfig] | None = None  # ... not yet handed to a job
         self._job: BackgroundJob | None = None
         self._alive = True
+        self.step_time: Any = None  # the StepTime of the shown config (step_probe), once measured
+        self._step_times: dict[str, Any] = {}
+        self._probe_wanted: str | None = None  # the probe the info box waits for
+        self._probe_queued: tuple[str, DictConfig] | None = None
+        self._probe_job: BackgroundJob | None = None
+        self.use_worker = use_worker()  # False: count and probe in a thread of napari's process
+        self.engine = engine_for(napari_viewer)  # shared with the viewer's Train and Segment panels
+        if self.use_worker:
+            self.engine.hold(self)  # starts it: it imports torch while the panel shows the facts
 
         self._count_timer = QTimer(self)
         self._count_timer.setSingleShot(True)
@@ -109,8 +125,11 @@ class ModelPanel(QWidget):
         self._revalidate(publish=False)
 
         self.session.events.config.connect(self._on_session_config)
-        self.destroyed.connect(functools.partial(_forget_session, self.session, self._on_session_config,
-                                                 self._mark_dead))
+        self.session.events.training.connect(self._on_training_changed)
+        self.destroyed.connect(functools.partial(
+            _forget_session, self.session, [(self.session.events.config, self._on_session_config),
+                                            (self.session.events.training, self._on_training_changed)],
+            self._mark_dead, self.engine, id(self)))
 
     # --- layout -------------------------------------------------------------------------------
 
@@ -222,6 +241,11 @@ class ModelPanel(QWidget):
         """True while the parameter count shown is being (re)computed."""
         return self._wanted is not None
 
+    @property
+    def probing(self) -> bool:
+        """True while the step time shown is being measured (or waits for a run to end)."""
+        return self._probe_wanted is not None
+
     def load_config_file(self, path: str | Path) -> DictConfig | None:
         """Replace the session's config by a YAML file's, as ``train --config`` would read it.
 
@@ -296,6 +320,7 @@ class ModelPanel(QWidget):
         self.error = message
         self._set_status(message, error=True)
         self._cancel_count()
+        self._cancel_probe()
         self.parameter_count = None
         self.parameter_error = None
         self._update_facts(self._draft, parameters="– (fix the options first)")
@@ -343,6 +368,10 @@ class ModelPanel(QWidget):
             return f"– ({self.parameter_error})"
         if self.parameter_count is None:
             return "computing…"
+        if self.step_time is not None:
+            return f"{self.parameter_count:,} · {self.step_time.text()}"
+        if self.probing:
+            return f"{self.parameter_count:,} · timing a training step…"
         return f"{self.parameter_count:,}"
 
     def _set_status(self, text: str, error: bool = False) -> None:
@@ -358,7 +387,9 @@ class ModelPanel(QWidget):
         if key in self._counts:
             self._cancel_count()
             self._show_count(self._counts[key])
+            self._request_probe(cfg)
             return
+        self._cancel_probe()
         self._wanted = self._queued = (key, cfg)
         self.parameter_count = None
         self._refresh_info()
@@ -375,8 +406,16 @@ class ModelPanel(QWidget):
         key, cfg = self._queued
         self._queued = None
         job_cfg = copy.deepcopy(cfg)
+        engine, in_worker = self.engine, self.use_worker
+
+        def work(report: Any, stop: Any) -> int:
+            if in_worker:
+                return engine.call("count", job_cfg, quiet=True)
+            import_engine()
+            return count_parameters(job_cfg)
+
         self._job = BackgroundJob(
-            lambda report, stop: count_parameters(job_cfg),
+            work,
             on_done=functools.partial(self._count_done, key),
             on_error=functools.partial(self._count_failed, key),
             name="connectomics-model-parameters",
@@ -388,8 +427,10 @@ class ModelPanel(QWidget):
         if not self._alive:
             return
         if self._wanted is not None and self._wanted[0] == key:
+            cfg = self._wanted[1]
             self._wanted = None
             self._show_count(count)
+            self._request_probe(cfg)
         self._start_next()
 
     def _count_failed(self, key: Any, error: BaseException) -> None:
@@ -415,6 +456,76 @@ class ModelPanel(QWidget):
         if self.error is None:
             self._update_facts(self._draft)
 
+    # --- step time in the background ------------------------------------------------------------
+
+    def _request_probe(self, cfg: DictConfig) -> None:
+        """Show how long a training step of ``cfg`` takes: at once if measured, else in a job."""
+        try:
+            probe = probe_config(cfg)
+            key = probe_key(probe)
+        except Exception:  # a config the probe cannot take: the count says enough
+            logger.debug("no step-time probe for this config", exc_info=True)
+            return
+        if key in self._step_times:
+            self._cancel_probe()
+            self.step_time = self._step_times[key]
+            self._refresh_info()
+            return
+        self.step_time = None
+        self._probe_wanted = key
+        self._probe_queued = (key, probe)
+        self._refresh_info()
+        self._start_probe()
+
+    def _cancel_probe(self) -> None:
+        self.step_time = None
+        self._probe_wanted = self._probe_queued = None
+
+    def _start_probe(self) -> None:
+        """One probe at a time, never while a run trains (it would time the run's share of the CPU)."""
+        if (self._probe_queued is None or self.session.training
+                or (self._probe_job is not None and self._probe_job.running)):
+            return
+        key, cfg = self._probe_queued
+        self._probe_queued = None
+        engine, in_worker = self.engine, self.use_worker
+
+        def work(report: Any, stop: Any) -> Any:
+            if in_worker:
+                return engine.call("probe", cfg, quiet=True)
+            from .step_probe import measure_step
+
+            import_engine()
+            return measure_step(cfg)
+
+        self._probe_job = BackgroundJob(work, on_done=functools.partial(self._probe_done, key),
+                                        on_error=functools.partial(self._probe_failed, key),
+                                        name="connectomics-step-probe")
+        self._probe_job.start()
+
+    def _probe_done(self, key: str, step: Any) -> None:
+        self._step_times[key] = step
+        if not self._alive:
+            return
+        if self._probe_wanted == key:
+            self._probe_wanted = None
+            self.step_time = step
+            self._refresh_info()
+        self._start_probe()
+
+    def _probe_failed(self, key: str, error: BaseException) -> None:
+        logger.info("timing a training step failed: %s", error)
+        if not self._alive:
+            return
+        if self._probe_wanted == key:
+            self._probe_wanted = None
+            self._refresh_info()
+        self._start_probe()
+
+    def _on_training_changed(self, state: str = "") -> None:
+        if self._alive and not state:
+            self._start_probe()  # a probe held back during the run
+
     # --- dialogs ----------------------------------------------------------------------------------
 
     def _choose_and_load(self) -> None:
@@ -433,13 +544,17 @@ class ModelPanel(QWidget):
         self._alive = False
 
 
-def _forget_session(session: Any, listener: Any, mark_dead: Any, *_: Any) -> None:
-    """When the panel's Qt object is destroyed, stop hearing the session (it outlives the panel)."""
+def _forget_session(session: Any, listeners: list[tuple[Any, Any]], mark_dead: Any, engine: Any,
+                    holder: int, *_: Any) -> None:
+    """When the panel's Qt object is destroyed, stop hearing the session (it outlives the panel) and
+    let the engine worker go (the viewer's last panel gone ends it)."""
     mark_dead()
-    try:
-        session.events.config.disconnect(listener)
-    except (ValueError, RuntimeError):
-        pass
+    for event, listener in listeners:
+        try:
+            event.disconnect(listener)
+        except (ValueError, RuntimeError):
+            pass
+    engine.release(holder)
 
 
 def _selectable() -> Any:

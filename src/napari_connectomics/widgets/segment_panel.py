@@ -1,16 +1,19 @@
 """The Segment panel: pick a checkpoint and an Image layer, segment it in the background.
 
 Flow: the checkpoint (a file, or one of the recent runs under ``training.output_dir``) is read
-in a background job to show its architecture and target; Segment captures a
+by the viewer's engine worker process to show its architecture and target; Segment captures a
 :class:`~.segment_request.SegmentRequest` (image data, region, options) on the GUI thread and
-runs :func:`~.segment_request.run_segmentation` through :class:`~.background.BackgroundJob`;
-the outcome becomes two layers, ``<image> probabilities`` and ``<image> segmentation``, placed
-with the source's scale and translate (plus the region's offset). Changing the threshold or the
-post-processing re-runs only the post-processing on the kept probabilities.
+the worker runs :func:`~.segment_request.run_segmentation` on it
+(:func:`~.worker_client.segment_in_worker`; a :class:`~.background.BackgroundJob` waits for it,
+and a large image goes through shared memory); the outcome becomes two layers,
+``<image> probabilities`` and ``<image> segmentation``, placed with the source's scale and
+translate (plus the region's offset). Changing the threshold or the post-processing re-runs only
+the post-processing on the kept probabilities, in napari (numpy and scikit-image, no torch).
+With ``NAPARI_CONNECTOMICS_TRAINING=thread`` the checkpoint is read and segmented in threads of
+napari's process instead.
 
 The panel never writes to the user's layers: it reads the image, and only replaces the data of
-layers it made itself (marked in their metadata). This module does not import torch; the
-background jobs do.
+layers it made itself (marked in their metadata). Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from .background import BackgroundJob
 from .compat import viewer_camera
 from .forms import ConfigForm, parse_list
 from .live_feedback import PREVIEW_MARK
-from .notify import UserError, notify_error, show_info, show_warning
+from .notify import UserError, describe_error, notify_error, show_info, show_warning
 from .segment_request import (
     MEMORY_LIMIT_MB,
     OUTPUT_KEY,
@@ -65,6 +68,8 @@ from .segment_request import (
     whole_region,
 )
 from .session import TRAINING_RUNNING, TRAINING_STOPPING, session_for
+from .train_worker import import_engine
+from .worker_client import WorkerDied, engine_for, segment_in_worker, use_worker
 
 if TYPE_CHECKING:
     import napari
@@ -122,6 +127,10 @@ class SegmentPanel(QWidget):
         self._running_request: SegmentRequest | None = None
         self.waiting: str | None = None  # WAIT_CHECKPOINT or WAIT_SNAPSHOT while Segment waits for training
         self._snapshot_before: Any = None
+        self.use_worker = use_worker()  # False: read checkpoints and segment in threads of napari's process
+        self.engine = engine_for(napari_viewer)  # shared with the viewer's Model and Train panels
+        if self.use_worker:
+            self.engine.hold(self)
         self._build()
         self._connect()
         self.refresh_recent()
@@ -200,7 +209,8 @@ class SegmentPanel(QWidget):
         self.session.events.training.connect(training_relay)
         self.session.events.snapshot.connect(training_relay)
         self.destroyed.connect(_cleanup_closure(self.viewer, self.session, relay,
-                                                self._on_layers_changed, self._jobs, training_relay))
+                                                self._on_layers_changed, self._jobs, training_relay,
+                                                self.engine, id(self)))
 
     def _jobs(self) -> list[BackgroundJob]:
         return [job for job in (self.job, self.post_job, self.info_job) if job is not None]
@@ -298,7 +308,15 @@ class SegmentPanel(QWidget):
             self.info_label.value = self._infos[key].summary()
             return
         self.info_label.value = f"reading {path.name} ..."
-        job = BackgroundJob(lambda report, stop: read_checkpoint_info(path),
+        engine, in_worker = self.engine, self.use_worker
+
+        def work(report: Any, stop: Any) -> CheckpointInfo:
+            if in_worker:
+                return engine.call("info", path, quiet=True)
+            import_engine()
+            return read_checkpoint_info(path)
+
+        job = BackgroundJob(work,
                             on_done=lambda info: self._on_info(key, info),
                             on_error=lambda error: self._on_info_error(key, error),
                             name="connectomics-checkpoint-info")
@@ -520,7 +538,15 @@ class SegmentPanel(QWidget):
     def _start(self, request: SegmentRequest) -> None:
         self.predict_runs += 1
         self._running_request = request
-        self.job = BackgroundJob(lambda report, stop: run_segmentation(request, report, stop),
+        engine, in_worker = self.engine, self.use_worker
+
+        def work(report: Any, stop: Any) -> SegmentOutcome:
+            if in_worker:
+                return segment_in_worker(engine, request, report, stop)
+            import_engine()
+            return run_segmentation(request, report, stop)
+
+        self.job = BackgroundJob(work,
                                  on_events=self._on_events, on_done=self._on_done,
                                  on_error=self._on_error, name="connectomics-segment")
         if not self.session.busy:
@@ -569,12 +595,14 @@ class SegmentPanel(QWidget):
             self.reprocess()  # the post-processing knobs changed while the run was busy
 
     def _on_error(self, error: BaseException) -> None:
+        quiet = isinstance(error, WorkerDied) and not error.announce  # another panel notified this death
         if not self.alive():
             self._release_session()
-            notify_error(error, "Segmentation")
+            if not quiet:
+                notify_error(error, "Segmentation")
             return
         self._finish_run()
-        message = notify_error(error, "Segmentation")
+        message = describe_error(error, "Segmentation") if quiet else notify_error(error, "Segmentation")
         self.status_label.value = message
 
     def _finish_run(self) -> None:
@@ -826,8 +854,9 @@ def _count_text(labels: LabelsResult) -> str:
 
 
 def _cleanup_closure(viewer: Any, session: Any, relay: Any, on_layers: Any, jobs: Any,
-                     training_relay: Any = None) -> Any:
-    """A slot for ``destroyed`` that holds no reference to the dead panel's Qt object."""
+                     training_relay: Any = None, engine: Any = None, holder: int = 0) -> Any:
+    """A slot for ``destroyed`` that holds no reference to the dead panel's Qt object; it lets the
+    engine worker go (the viewer's last panel gone ends it)."""
     def cleanup(*_: Any) -> None:
         for event, slot in ((session.events.checkpoint, relay), (session.events.config, relay),
                             (session.events.training, training_relay), (session.events.snapshot, training_relay)):
@@ -848,5 +877,7 @@ def _cleanup_closure(viewer: Any, session: Any, relay: Any, on_layers: Any, jobs
                 job.stop()
         except Exception:
             pass
+        if engine is not None:
+            engine.release(holder)
 
     return cleanup

@@ -1,11 +1,12 @@
 """The Segment panel's decisions and work, without Qt: region, checkpoint, run, post-processing.
 
 The panel (:mod:`.segment_panel`) reads the viewer (layers, camera, shapes) on the GUI thread and
-turns it into a :class:`SegmentRequest`; :func:`run_segmentation` then runs in a background thread
-and returns a :class:`SegmentOutcome` that the panel shows as layers. Keeping the geometry and the
-work here means both can be tested without a viewer, and the GUI thread never imports torch: the
-functions that need it (:func:`read_checkpoint_info`, :func:`run_segmentation`) import it when
-called, from the worker thread.
+turns it into a :class:`SegmentRequest`; :func:`run_segmentation` then runs in the engine worker
+process (or, with ``NAPARI_CONNECTOMICS_TRAINING=thread``, a background thread) and returns a
+:class:`SegmentOutcome` (plain data: it crosses the pipe) that the panel shows as layers. Keeping
+the geometry and the work here means both can be tested without a viewer. The functions that need
+torch (:func:`read_checkpoint_info`, :func:`run_segmentation`) import it when called, in the
+worker; the post-processing (:func:`run_postprocess`: numpy, SciPy, scikit-image) runs in napari.
 
 Regions are boxes of voxels of the image's *spatial* axes (z, y, x; or y, x for a 2D image), in
 the image's data coordinates. A region smaller than the network's window is grown to the window
@@ -68,6 +69,7 @@ __all__ = [
     "run_postprocess",
     "run_segmentation",
     "spatial_ndim",
+    "temporary_folder",
     "whole_region",
 ]
 
@@ -387,6 +389,9 @@ class SegmentRequest:
     lazy_input: bool = False
     store_folder: Path | None = None  # None: a temporary folder
     memory_limit_mb: int = MEMORY_LIMIT_MB
+    # Where temporary stores go (None: this process's temporary_folder()); napari names its own
+    # when the engine worker segments, so napari deletes them as it deletes its own.
+    temporary_store_folder: Path | None = None
 
     @property
     def spatial_ndim(self) -> int:
@@ -651,7 +656,7 @@ def temporary_folder() -> Path:
 
 
 def _store_path(request: SegmentRequest) -> Path:
-    folder = request.store_folder if request.store_folder is not None else temporary_folder()
+    folder = request.store_folder or request.temporary_store_folder or temporary_folder()
     folder.mkdir(parents=True, exist_ok=True)
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", request.image_name).strip("._") or "image"
     stamp = time.strftime("%Y%m%d-%H%M%S")

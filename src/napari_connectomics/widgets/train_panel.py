@@ -3,12 +3,14 @@
 The user picks Image + Labels layer pairs (or files), says how the labels are meant (sparse:
 0 = not annotated, 1 = background, 2.. = classes; or dense), names the classes in a legend whose
 buttons select the label to paint, and presses Train. The run goes through a
-:class:`~.background.BackgroundJob`: by default Lightning runs in a worker process the panel
-starts when it opens (:mod:`.worker_client`; torch is never imported into napari, and a crashed
-or killed worker is one notification), or, with ``NAPARI_CONNECTOMICS_TRAINING=thread``, in a
-thread of napari's process. Progress is relayed to this panel, which draws a progress bar, the
-loss plot and the live preview; labels repainted during a run are sent to the worker. Stop ends
-the run after the step in flight with a checkpoint, Continue resumes it.
+:class:`~.background.BackgroundJob`: by default Lightning runs in the viewer's engine worker
+process, started when the panel opens (:mod:`.worker_client`; torch is never imported into napari,
+and a crashed or killed worker is one notification), or, with
+``NAPARI_CONNECTOMICS_TRAINING=thread``, in a thread of napari's process. Progress is relayed to
+this panel, which draws a progress bar, the loss plot and the live preview; labels repainted
+during a run are sent to the worker. Stop ends the run after the step in flight with a
+checkpoint, Continue resumes it. The worker also times a training step of the panel's choices
+(:mod:`.step_probe`); the panel warns when the first preview is more than a minute away.
 
 A run started here is reproducible: its folder holds ``config.yaml`` and the annotations it
 trained on (see :mod:`.training_request`), so ``napari-connectomics train --config
@@ -18,7 +20,6 @@ trained on (see :mod:`.training_request`), so ``napari-connectomics train --conf
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import sys
 import threading
@@ -50,9 +51,11 @@ from .defaults import fit_patch
 from .forms import knob_value, knob_widget
 from .live_feedback import PREVIEW_MARK, PREVIEW_SECONDS, PreviewUpdate, WeightsSaved
 from .loss_plot import LossPlot
-from .notify import UserError, notify_error, show_info, show_warning
+from .notify import UserError, describe_error, notify_error, show_info, show_warning
 from .pair_rows import PairRow, image_source, refill_combo, snapshot_image, snapshot_labels, voxel_size_of
-from .worker_client import TrainingWorker, WorkerAnnotations
+from .step_probe import probe_config, probe_key, slow_start_warning
+from .train_worker import import_engine
+from .worker_client import WorkerAnnotations, WorkerDied, engine_for, use_worker
 from .session import TRAINING_RUNNING, TRAINING_STOPPING, WeightsSnapshot, session_for
 from .training_request import (
     DEVICES,
@@ -101,11 +104,12 @@ KNOBS: dict[str, tuple[str, str, str]] = {
 # CPU-bound training thread each re-acquisition would otherwise cost up to 5 ms (a redraw makes
 # dozens), which is what makes a viewer stutter. Restored when the run ends.
 GUI_SWITCH_INTERVAL = 0.001
-# Where GUI training runs: "process" (a worker process owning torch; the default) or "thread"
-# (a thread of napari's process, as before the worker existed).
-TRAINING_MODE_ENV = "NAPARI_CONNECTOMICS_TRAINING"
-TRAIN_IN_PROCESS = os.environ.get(TRAINING_MODE_ENV, "process").strip().lower() != "thread"
+# Where GUI training runs: in the engine worker process (the default) or, with
+# NAPARI_CONNECTOMICS_TRAINING=thread, in a thread of napari's process (see worker_client.use_worker).
+TRAIN_IN_PROCESS = use_worker()
 ANNOTATION_SEND_MS = 500  # labels repainted during a run go to the worker this long after the last stroke
+PROBE_DEBOUNCE_MS = 700  # the step time is measured again this long after the last knob edit
+WARNING_STYLE = "color: #e0a040;"
 
 
 def _default_output_dir() -> str:
@@ -148,7 +152,9 @@ class TrainPanel(QWidget):
     ``patch_size``, ``batch_size``, ``steps``, ``lr``, ``device``, ``voxel_size``,
     ``preview_every``, ``output_dir`` (magicgui widgets: set ``.value``), the buttons
     ``train_button``, ``stop_button``, ``continue_button``, and ``loss_plot``, ``status``,
-    ``job`` (the running BackgroundJob or None), ``last_result`` (the TrainResult of the last run).
+    ``job`` (the running BackgroundJob or None), ``last_result`` (the TrainResult of the last run),
+    ``step_time`` (the StepTime of the current choices, measured in the worker) and ``slow_warning``
+    (the line shown when the first preview is over a minute away).
     """
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
@@ -172,9 +178,18 @@ class TrainPanel(QWidget):
         self._auto_patch: list[int] | None = None  # the patch the panel last fitted to the image
         self.pair_rows: list[PairRow] = []
         self.train_in_process = TRAIN_IN_PROCESS  # False: train in a thread of napari's process
-        self.worker = TrainingWorker()
+        self.worker = engine_for(napari_viewer)  # shared with the viewer's Model and Segment panels
+        self.step_time: Any = None  # the StepTime of the current choices (step_probe), once measured
+        self._step_times: dict[str, Any] = {}
+        self._probe_job: BackgroundJob | None = None
+        self._probe_queued: tuple[str, Any] | None = None
+        self._probe_timer = QTimer(self)
+        self._probe_timer.setSingleShot(True)
+        self._probe_timer.setInterval(PROBE_DEBOUNCE_MS)
+        self._probe_timer.timeout.connect(self._start_probe)
         self.worker_pid: int | None = None  # the process the last run trained in (from the worker)
         self.worker_annotated: int | None = None  # annotated voxels the worker holds for the run
+        self.worker_labels_applied = 0  # repainted labels the running training has swapped in
         self._outbox: queue.Queue[tuple[str, Any]] = queue.Queue()  # messages to the running worker
         self._watched: list[Any] = []  # labels layers whose edits go to the worker during a run
         self._dirty: set[int] = set()
@@ -185,21 +200,22 @@ class TrainPanel(QWidget):
         # Closing the panel (or napari) stops a run: the training must not outlive its GUI.
         running_job: list[BackgroundJob | None] = [None]
         self._running_job = running_job
-        worker = self.worker
+        worker, holder = self.worker, id(self)
 
         def on_destroyed(*_: Any) -> None:
             if running_job[0] is not None:
                 running_job[0].detach()
                 running_job[0].stop()
-            worker.close()
+            worker.release(holder)  # the viewer's last panel gone: the worker ends
 
         self.destroyed.connect(on_destroyed)
         if self.train_in_process:
-            self.worker.start()  # now: it imports torch while the user paints
+            self.worker.hold(self)  # starts it now: it imports torch while the user paints
         self._build()
         self._connect_viewer()
         self._refresh_layers()
         self._update_buttons()
+        self._request_probe()
 
     # --- layout ----------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -214,6 +230,11 @@ class TrainPanel(QWidget):
         self.status = QLabel("Paint labels, then press Train.")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
+        self.slow_warning = QLabel()
+        self.slow_warning.setWordWrap(True)
+        self.slow_warning.setStyleSheet(WARNING_STYLE)
+        self.slow_warning.setVisible(False)
+        layout.addWidget(self.slow_warning)
         self.loss_plot = LossPlot()
         layout.addWidget(self.loss_plot)
         layout.addStretch(1)
@@ -313,6 +334,8 @@ class TrainPanel(QWidget):
                                                      "section, predict the viewed section into '<image> preview' "
                                                      "(foreground probability) and '<image> uncertainty' layers "
                                                      "(0: off)")
+        for knob in (self.patch_size, self.batch_size, self.device, self.preview_every):
+            knob.changed.connect(self._request_probe)
         self.output_dir = widgets.FileEdit(mode="d", value=_default_output_dir())
         self.output_dir.tooltip = "runs are written to <folder>/<run name>/<date-time>/"
         for label, widget in (("task", self.task), ("patch size", self.patch_size), ("batch", self.batch_size),
@@ -378,6 +401,7 @@ class TrainPanel(QWidget):
         """The Model panel changed the network (e.g. 2D -> 3D): the fitted patch follows it."""
         try:
             self._follow_patch()
+            self._request_probe()
         except RuntimeError:  # the panel was closed; the session outlives it
             pass
 
@@ -491,6 +515,73 @@ class TrainPanel(QWidget):
             self.preview_target.z = int(round(data[-3]))
         self.preview_target.y, self.preview_target.x = int(round(data[-2])), int(round(data[-1]))
 
+    # --- how long a step takes (measured in the worker) -------------------------------------------
+    def _probe_config(self) -> Any:
+        """The session's config with the panel's patch, batch and device, or None while one is invalid."""
+        patch = self._patch_value()
+        if patch is None:
+            return None
+        try:
+            return probe_config(self.session.config, patch, int(self.batch_size.value), str(self.device.value))
+        except Exception:  # a half-edited knob: measured after the next edit
+            logger.debug("no step-time probe for the current knobs", exc_info=True)
+            return None
+
+    def _request_probe(self, *_: Any) -> None:
+        """Show the step time of the current choices: at once if measured, else after the debounce."""
+        cfg = self._probe_config()
+        if cfg is None:
+            return
+        key = probe_key(cfg)
+        if key in self._step_times:
+            self._probe_queued = None
+            self._show_step_time(self._step_times[key])
+            return
+        self._probe_queued = (key, cfg)
+        self.step_time = None  # the shown one was of other choices
+        self.slow_warning.setVisible(False)
+        self._probe_timer.start()  # restarts: only the last of a burst of edits is measured
+
+    def _start_probe(self) -> None:
+        """Measure the queued choices; never during a run (it would time the run's share of the CPU)."""
+        if self._probe_queued is None or self.running or (self._probe_job is not None and self._probe_job.running):
+            return
+        key, cfg = self._probe_queued
+        self._probe_queued = None
+        engine, in_worker = self.worker, self.train_in_process
+
+        def work(report: Any, stop: Any) -> Any:
+            if in_worker:
+                return engine.call("probe", cfg, quiet=True)
+            from .step_probe import measure_step
+
+            import_engine()
+            return measure_step(cfg)
+
+        job = BackgroundJob(work, on_done=lambda step: self._probe_done(key, step),
+                            on_error=self._probe_failed, name="connectomics-step-probe")
+        self._probe_job = job
+        job.start()
+
+    def _probe_done(self, key: str, step: Any) -> None:
+        self._step_times[key] = step
+        try:
+            self._request_probe()  # shows it if the choices are still those measured
+            if self._probe_queued is not None and not self._probe_timer.isActive():
+                self._start_probe()
+        except RuntimeError:  # the panel was closed meanwhile
+            pass
+
+    def _probe_failed(self, error: BaseException) -> None:
+        logger.info("timing a training step failed: %s", error)
+
+    def _show_step_time(self, step: Any) -> None:
+        """The warning line when the first preview (or loss) is more than a minute away."""
+        self.step_time = step
+        warning = slow_start_warning(step, float(self.preview_every.value))
+        self.slow_warning.setText(warning or "")
+        self.slow_warning.setVisible(warning is not None)
+
     # --- choices ---------------------------------------------------------------------------------
     def collect_choices(self) -> TrainChoices:
         """The panel's state as :class:`TrainChoices`, with private copies of the layers' data."""
@@ -559,6 +650,7 @@ class TrainPanel(QWidget):
 
         def work(report: Any, stop_event: Any) -> Any:
             lower_thread_priority()
+            import_engine()
             prepared = prepare_run(choices, cfg)
             for text in prepared.warnings:
                 report(Notice(text))
@@ -592,10 +684,14 @@ class TrainPanel(QWidget):
                        "preview_image": snapshot_image(source) if source is not None else None}
             self._launch(self._worker_work(request, target, snapshot), int(self.steps.value),
                          first_step=finished.global_step, preview_every=finished.preview_every)
+            # Labels painted since the run stopped train from the continued run's first step on.
+            self._dirty = set(range(len(self.pair_rows))) if self.source.value == "layers" else set()
+            self._send_annotations()
             return True
 
         def work(report: Any, stop_event: Any) -> Any:
             lower_thread_priority()
+            import_engine()
             return prepared, run_training(prepared, report, stop_event, resume=finished.last_checkpoint,
                                           first_step=finished.global_step, preview_every=finished.preview_every,
                                           preview_target=target, snapshot_request=snapshot)
@@ -667,6 +763,7 @@ class TrainPanel(QWidget):
         self.progress_bar = progress(total=steps, desc="Training")
         self._launched_preview_every = preview_every
         self.preview_has_foreground = None
+        self.worker_labels_applied = 0
         self.job = BackgroundJob(work, on_events=self._on_events, on_done=self._on_done, on_error=self._on_error,
                                  name="connectomics-train")
         self._running_job[0] = self.job
@@ -699,6 +796,7 @@ class TrainPanel(QWidget):
                 show_warning(event.text)
             elif isinstance(event, WorkerAnnotations):
                 self.worker_pid, self.worker_annotated = event.pid, event.annotated
+                self.worker_labels_applied = event.applied
             elif isinstance(event, RunStarted):
                 self.run_dir = event.run_dir
                 self.status.setText(f"Training in {event.run_dir}")
@@ -773,7 +871,10 @@ class TrainPanel(QWidget):
 
     def _on_error(self, error: BaseException) -> None:
         self._finish_progress()
-        message = notify_error(error, "Training")
+        if isinstance(error, WorkerDied) and not error.announce:  # another panel notified this death
+            message = describe_error(error, "Training")
+        else:
+            message = notify_error(error, "Training")
         self.status.setText(message)
         self._end_job()
 
@@ -799,6 +900,7 @@ class TrainPanel(QWidget):
         self.session.snapshot_wanted = False
         self.session.training = ""  # last: the Segment panel may start on it, with busy and checkpoint set
         self._update_buttons()
+        self._start_probe()  # choices edited during the run are measured now
 
     def _finish_progress(self) -> None:
         if self.progress_bar is not None:

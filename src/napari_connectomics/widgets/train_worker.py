@@ -1,23 +1,37 @@
-"""The training worker process: GUI training runs here, so torch never loads into napari.
+"""The engine worker process: torch, Lightning and MONAI load here, never into napari.
 
-napari's Train panel starts ``python -m napari_connectomics.widgets.train_worker <fd>`` when it opens
-(see :mod:`napari_connectomics.widgets.worker_client`); ``fd`` is its end of a socket pair the
-process inherits (no network port). The worker imports the engine in the background at once, so
-the first Train does not wait for torch, then serves one run at a time:
+The Model, Train and Segment panels of a viewer share one worker, started when the first of them
+opens (``python -m napari_connectomics.widgets.train_worker <fd>``, see
+:mod:`napari_connectomics.widgets.worker_client`); ``fd`` is its end of a socket pair the process
+inherits (no network port). The worker imports the engine in the background at once, so the first
+request does not wait for torch, then serves requests, each in its own thread: a Segment runs
+while a training trains, a parameter count answers while either runs.
 
-GUI -> worker (tag, payload) tuples of plain data:
-    ``start`` {choices | prepared, cfg, resume, first_step, preview_every, view, preview_image},
-    ``stop`` (after the step in flight, with a checkpoint), ``view`` (z, y, x) the previewed place,
-    ``snapshot`` (save the current weights), ``labels`` (pair index, labels repainted during the
-    run), ``quit``.
+Messages are ``(tag, request id, payload)`` tuples of plain data.
+
+GUI -> worker, a request (the id is the GUI's, unique per worker):
+    ``train`` {choices | prepared, cfg, resume, first_step, preview_every, view, preview_image}
+    -> (PreparedRun, :class:`RunSummary`); one at a time.
+    ``count`` config -> int, the network's parameters.
+    ``probe`` config -> :class:`~.step_probe.StepTime`, seconds per training step here (one probe at
+    a time, so two never time each other).
+    ``info`` checkpoint path -> :class:`~.segment_request.CheckpointInfo`.
+    ``segment`` :class:`~.segment_request.SegmentRequest` (its image a
+    :class:`~.shared_array.SharedArray` when large) -> :class:`~.segment_request.SegmentOutcome`.
+GUI -> worker, about a running request:
+    ``stop`` (training: after the step in flight, with a checkpoint; segment: cancel after the
+    window batch in flight), ``view`` (z, y, x) the previewed place, ``snapshot`` (save the current
+    weights), ``labels`` (pair index, labels repainted during the run); ``quit`` (id None).
 worker -> GUI:
-    ``ready`` pid; ``event`` a Progress / RunStarted / Notice / PreviewUpdate / WeightsSaved /
-    :class:`WorkerAnnotations`; ``done`` (PreparedRun, :class:`RunSummary`); ``error`` (kind, line).
+    ``ready`` (id None) pid; ``event`` of a request: a Progress / RunStarted / Notice / PreviewUpdate /
+    WeightsSaved / :class:`WorkerAnnotations`; ``done`` its result; ``error`` (kind, one line).
 
-It runs only the engine's own entry points (:func:`~napari_connectomics.widgets.training_request.prepare_run`
-and :func:`~napari_connectomics.widgets.training_request.run_training`); no code is sent to it.
-When its pipe closes (napari ended, or closed the panel) it exits. Nothing here imports torch at
-import time: the napari side imports this module for the message types.
+It runs only the engine's own entry points (:func:`~.training_request.prepare_run`,
+:func:`~.training_request.run_training`, :func:`~.segment_request.run_segmentation`,
+:func:`~.segment_request.read_checkpoint_info`, :func:`~..models.build.count_parameters`,
+:func:`~.step_probe.measure_step`); no code is sent to it. When its pipe closes (napari ended, or
+closed the panels) it exits. Nothing here imports torch at import time: the napari side imports
+this module for the message types.
 """
 
 from __future__ import annotations
@@ -28,12 +42,13 @@ import logging
 import os
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from ..training.result import TrainResult
 
-__all__ = ["RunSummary", "WorkerAnnotations", "error_message", "serve"]
+__all__ = ["RunSummary", "WorkerAnnotations", "error_message", "import_engine", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +63,7 @@ class WorkerAnnotations:
     pid: int
     annotated: int
     updates: int = 0  # labels updates received during this run
+    applied: int = 0  # of those, swapped into the training data (from the next step on)
 
 
 @dataclass
@@ -90,16 +106,42 @@ def error_message(error: BaseException) -> tuple[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _warm_up() -> None:
-    """Import the engine now, so a Train pressed later starts at once."""
-    try:
+_IMPORT_LOCK = threading.Lock()
+
+
+def import_engine() -> None:
+    """Import torch, MONAI, Lightning and the engine, one thread at a time (instant once done).
+
+    Two threads importing them at once can see a partly initialised module (MONAI's ImportError
+    "cannot import name ... from partially initialized module"), and two threads loading a
+    registry's built-ins at once an empty registry, so whatever runs the engine first calls this:
+    the worker's warm-up, and each job of the in-process (thread) mode.
+    """
+    with _IMPORT_LOCK:
         import lightning  # noqa: F401
+        import monai  # noqa: F401
         import torch  # noqa: F401
 
-        from ..training import trainer  # noqa: F401
         from ..inference import predict  # noqa: F401
-    except Exception:  # the run itself reports the import error
-        logger.exception("importing the training engine failed")
+        from ..models import losses  # noqa: F401
+        from ..registry import ARCHITECTURES, LOSSES, POSTPROCESSORS, TARGETS
+        from ..training import trainer  # noqa: F401
+
+        # The built-ins load here: a registry loading in two threads at once shows the second an
+        # empty registry ("Architecture 'x' not found. Available:").
+        for registry in (ARCHITECTURES, LOSSES, TARGETS, POSTPROCESSORS):
+            registry.names()
+
+
+def _warm_up(done: threading.Event) -> None:
+    """Import the engine now, so the first request (a count, Train, Segment) starts at once.
+    Requests wait for ``done`` (see :func:`import_engine`)."""
+    try:
+        import_engine()
+    except Exception:  # the request itself reports the import error
+        logger.exception("importing the engine failed")
+    finally:
+        done.set()
 
 
 def _plain_prepared(prepared: Any) -> Any:
@@ -131,101 +173,192 @@ def _free_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
+REQUESTS = ("train", "count", "probe", "info", "segment")
+QUIET_REQUESTS = ("count", "probe", "info")  # their failures are shown in a panel's info line
+
+
+@dataclass
+class _Running:
+    """A request being served: what the GUI's messages about it act on."""
+
+    kind: str
+    stop: threading.Event = field(default_factory=threading.Event)
+    snapshot: threading.Event = field(default_factory=threading.Event)
+    target: Any = None  # the PreviewTarget of a training
+    label_mode: str = "sparse"
+    counts: dict[int, int] = field(default_factory=dict)  # annotated voxels per pair (training)
+    updates: int = 0
+    label_updates: Any = None  # the training's LabelUpdates callback: repainted labels go there
+
+
 class _Server:
-    """One worker: the main thread reads messages; a run trains in its own thread."""
+    """One worker: the main thread reads messages; each request runs in its own thread."""
 
-    def __init__(self, conn: Any) -> None:
-        from .training_request import PreviewTarget
-
+    def __init__(self, conn: Any, warmed: threading.Event | None = None) -> None:
         self.conn = conn
+        self.warmed = warmed if warmed is not None else threading.Event()
+        if warmed is None:
+            self.warmed.set()
         self.send_lock = threading.Lock()
-        self.stop_event = threading.Event()
-        self.snapshot = threading.Event()
-        self.target = PreviewTarget()
-        self.run_thread: threading.Thread | None = None
-        self.label_mode = "sparse"
-        self.counts: dict[int, int] = {}
-        self.updates = 0
+        self.lock = threading.Lock()
+        self.probe_lock = threading.Lock()
+        self.running: dict[Any, _Running] = {}
 
-    def send(self, tag: str, payload: Any = None) -> None:
+    def send(self, tag: str, rid: Any, payload: Any = None) -> None:
+        """Pickle outside the lock (a large result does not hold up the others' events), then write."""
+        data = ForkingPickler.dumps((tag, rid, payload))
         with self.send_lock:
-            self.conn.send((tag, payload))
-
-    def report(self, event: Any) -> None:
-        self.send("event", event)
+            self.conn.send_bytes(data)
 
     def serve(self) -> None:
-        self.send("ready", os.getpid())
+        self.send("ready", None, os.getpid())
         while True:
             try:
-                tag, payload = self.conn.recv()
-            except (EOFError, OSError):  # napari is gone: so is this run
+                tag, rid, payload = self.conn.recv()
+            except (EOFError, OSError):  # napari is gone: so are its requests
                 break
-            if tag == "start":
-                self.start(payload)
+            if tag == "quit":
+                break
+            if tag in REQUESTS:
+                self.begin(tag, rid, payload)
+                continue
+            with self.lock:
+                running = self.running.get(rid)
+            if running is None:  # the request just ended: nothing to act on
+                logger.debug("%r for request %r, which is not running", tag, rid)
             elif tag == "stop":
-                self.stop_event.set()
-            elif tag == "view":
-                self.target.z, self.target.y, self.target.x = payload
+                running.stop.set()
+            elif tag == "view" and running.target is not None:
+                running.target.z, running.target.y, running.target.x = payload
             elif tag == "snapshot":
-                self.snapshot.set()
+                running.snapshot.set()
             elif tag == "labels":
-                self.new_labels(*payload)
-            elif tag == "quit":
-                break
+                self.new_labels(rid, running, *payload)
             else:
                 logger.warning("unknown message %r ignored", tag)
 
-    def start(self, request: dict[str, Any]) -> None:
-        if self.run_thread is not None and self.run_thread.is_alive():
-            self.send("error", (ERROR_USER, "a run is still training in the worker; stop it first"))
-            return
-        self.stop_event.clear()
-        self.snapshot.clear()
-        self.counts, self.updates = {}, 0
-        self.target.z, self.target.y, self.target.x = request.get("view") or (0, None, None)
-        self.run_thread = threading.Thread(target=self.run, args=(request,), name="connectomics-train", daemon=True)
-        self.run_thread.start()
+    def begin(self, kind: str, rid: Any, payload: Any) -> None:
+        running = _Running(kind)
+        with self.lock:
+            if kind == "train" and any(r.kind == "train" for r in self.running.values()):
+                self.send("error", rid, (ERROR_USER, "a run is still training in the worker; stop it first"))
+                return
+            self.running[rid] = running
+        if kind == "train":
+            from .training_request import PreviewTarget
 
-    def new_labels(self, index: int, labels: Any) -> None:
-        """Labels repainted during the run: counted and reported (the engine's in-memory training
-        volumes are not swapped; the next Train or Continue trains on them)."""
-        from .training_request import summarize_labels
+            running.target = PreviewTarget()
+            running.target.z, running.target.y, running.target.x = payload.get("view") or (0, None, None)
+        threading.Thread(target=self.run, args=(kind, rid, payload, running), name=f"connectomics-{kind}",
+                         daemon=True).start()
 
-        self.counts[int(index)] = summarize_labels(labels, self.label_mode).annotated
-        self.updates += 1
-        self.report(WorkerAnnotations(os.getpid(), sum(self.counts.values()), self.updates))
+    def run(self, kind: str, rid: Any, payload: Any, running: _Running) -> None:
+        """Serve one request in this thread; its outcome (result or one-line error) goes back."""
+        def report(event: Any) -> None:
+            self.send("event", rid, event)
 
-    def run(self, request: dict[str, Any]) -> None:
+        self.warmed.wait()
+        try:
+            outcome = ("done", getattr(self, f"do_{kind}")(payload, running, report))
+        except BaseException as error:  # the GUI shows one line; the traceback is logged here
+            outcome = ("error", error_message(error))
+            if outcome[1][0] == ERROR_USER or kind in QUIET_REQUESTS:
+                logger.warning("%s: %s", kind, outcome[1][1])  # expected (a bad file, a bad choice)
+            else:
+                logger.exception("%s failed", kind)
+        finally:
+            with self.lock:
+                self.running.pop(rid, None)
+            if kind in ("train", "segment"):
+                _free_gpu_memory()
+        try:
+            self.send(outcome[0], rid, outcome[1])
+        except (OSError, EOFError):  # napari is gone
+            pass
+        except Exception as error:  # a result that does not pickle: the request must still end
+            logger.exception("sending the %s result failed", kind)
+            try:
+                self.send("error", rid, error_message(error))
+            except Exception:
+                pass
+
+    # --- the requests ----------------------------------------------------------------------------
+
+    def do_count(self, cfg: Any, running: _Running, report: Any) -> int:
+        from ..models.build import count_parameters
+
+        return count_parameters(cfg)
+
+    def do_probe(self, cfg: Any, running: _Running, report: Any) -> Any:
+        from .step_probe import measure_step
+
+        with self.probe_lock:
+            return measure_step(cfg)
+
+    def do_info(self, path: Any, running: _Running, report: Any) -> Any:
+        from .segment_request import read_checkpoint_info
+
+        return read_checkpoint_info(path)
+
+    def do_segment(self, request: Any, running: _Running, report: Any) -> Any:
+        from .segment_request import run_segmentation
+        from .shared_array import SharedArray, detach
+
+        shared = request.data if isinstance(request.data, SharedArray) else None
+        block = None
+        if shared is not None:
+            data, block = shared.attach()
+            request = dataclasses.replace(request, data=data)
+            del data
+        try:
+            return run_segmentation(request, report, running.stop)
+        finally:
+            if block is not None:
+                request = None  # the last view of the block: unmapped with it
+                detach(block)
+
+    def do_train(self, request: dict[str, Any], running: _Running, report: Any) -> Any:
+        from ..training.callbacks import LabelUpdates
         from .training_request import Notice, prepare_run, run_training, summarize_labels
 
-        try:
-            choices = request.get("choices")
-            if request.get("prepared") is None:
-                prepared = prepare_run(choices, request["cfg"])
-                for text in prepared.warnings:
-                    self.report(Notice(text))
-            else:
-                prepared = _engine_prepared(request["prepared"], request.get("preview_image"))
-            self.label_mode = str(prepared.cfg.data.label_mode)
-            if choices is not None:
-                self.counts = {k: summarize_labels(p.label, self.label_mode).annotated
-                               for k, p in enumerate(choices.pairs) if not p.from_files}
-            self.report(WorkerAnnotations(os.getpid(), sum(self.counts.values()), self.updates))
-            result = run_training(prepared, self.report, self.stop_event, resume=request.get("resume"),
-                                  first_step=int(request.get("first_step", 0)),
-                                  preview_every=float(request.get("preview_every", 0)),
-                                  preview_target=self.target, snapshot_request=self.snapshot)
-            outcome = ("done", (_plain_prepared(prepared), RunSummary.of(result)))
-        except BaseException as error:  # the GUI shows one line; the traceback is logged here
-            logger.exception("training failed")
-            outcome = ("error", error_message(error))
-        finally:
-            _free_gpu_memory()
-        try:
-            self.send(*outcome)
-        except (OSError, EOFError):
-            pass
+        def applied(_annotated: dict[int, int]) -> None:
+            report(WorkerAnnotations(os.getpid(), sum(running.counts.values()), running.updates,
+                                     running.label_updates.applied))
+
+        # Labels repainted from now on (the run's set-up included) train from its first step on.
+        running.label_updates = LabelUpdates(on_applied=applied)
+        choices = request.get("choices")
+        if request.get("prepared") is None:
+            prepared = prepare_run(choices, request["cfg"])
+            for text in prepared.warnings:
+                report(Notice(text))
+        else:
+            prepared = _engine_prepared(request["prepared"], request.get("preview_image"))
+        running.label_mode = str(prepared.cfg.data.label_mode)
+        if choices is not None:
+            running.counts = {k: summarize_labels(p.label, running.label_mode).annotated
+                              for k, p in enumerate(choices.pairs) if not p.from_files}
+        report(WorkerAnnotations(os.getpid(), sum(running.counts.values()), running.updates))
+        result = run_training(prepared, report, running.stop, resume=request.get("resume"),
+                              first_step=int(request.get("first_step", 0)),
+                              preview_every=float(request.get("preview_every", 0)),
+                              preview_target=running.target, snapshot_request=running.snapshot,
+                              label_updates=running.label_updates)
+        return _plain_prepared(prepared), RunSummary.of(result)
+
+    def new_labels(self, rid: Any, running: _Running, index: int, labels: Any) -> None:
+        """Labels repainted during the run: counted, reported, and handed to the training, which
+        trains on them from its next step (same weights and optimizer; the held-out pieces of the
+        run's start stay held out)."""
+        from .training_request import summarize_labels
+
+        running.counts[int(index)] = summarize_labels(labels, running.label_mode).annotated
+        running.updates += 1
+        if running.label_updates is not None:
+            running.label_updates.submit(int(index), labels)
+        applied = running.label_updates.applied if running.label_updates is not None else 0
+        self.send("event", rid, WorkerAnnotations(os.getpid(), sum(running.counts.values()), running.updates,
+                                                  applied))
 
 
 def serve(conn: Any) -> None:
@@ -234,8 +367,9 @@ def serve(conn: Any) -> None:
         os.nice(WORKER_NICENESS)
     except (AttributeError, OSError):
         pass
-    threading.Thread(target=_warm_up, name="connectomics-warm-up", daemon=True).start()
-    _Server(conn).serve()
+    warmed = threading.Event()
+    threading.Thread(target=_warm_up, args=(warmed,), name="connectomics-warm-up", daemon=True).start()
+    _Server(conn, warmed).serve()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -243,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     from multiprocessing.connection import Connection
 
     args = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.WARNING, format="[training worker] %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="[engine worker] %(levelname)s %(name)s: %(message)s")
     from ..training.quiet import quiet_libraries
 
     quiet_libraries()

@@ -604,12 +604,14 @@ def _resolve_auto_device(cfg: Any) -> None:
 def run_training(prepared: PreparedRun, report: Callable[[Any], None], stop_event: threading.Event,
                  *, resume: str | os.PathLike | None = None, first_step: int = 0, preview_every: float = 0,
                  preview_target: PreviewTarget | None = None,
-                 snapshot_request: threading.Event | None = None) -> Any:
+                 snapshot_request: threading.Event | None = None, label_updates: Any = None) -> Any:
     """Train (or continue) the prepared run; progress and previews go to ``report``.
 
     ``preview_every``: seconds between live previews of the viewed section (0: none; see
     :mod:`.live_feedback`). ``snapshot_request``: set it to have the current weights saved after
-    the step in flight (a :class:`~.live_feedback.WeightsSaved` event says where).
+    the step in flight (a :class:`~.live_feedback.WeightsSaved` event says where). ``label_updates``:
+    a :class:`~napari_connectomics.training.callbacks.LabelUpdates` that repainted labels are
+    submitted to while the run trains.
     """
     from ..training import train
     from .live_feedback import make_preview_callback, make_snapshot_callback
@@ -621,6 +623,8 @@ def run_training(prepared: PreparedRun, report: Callable[[Any], None], stop_even
     if snapshot_request is not None:
         callbacks.append(make_snapshot_callback(prepared.cfg, prepared.run_dir / "checkpoints", snapshot_request,
                                                 report))
+    if label_updates is not None:
+        callbacks.append(label_updates)
     report(RunStarted(prepared.run_dir, int(prepared.cfg.training.max_steps), first_step))
     return train(prepared.cfg, data=prepared.data, callbacks=callbacks, stop_event=stop_event, resume=resume,
                  run_dir=prepared.run_dir)
