@@ -172,7 +172,8 @@ def test_live_preview_refreshes_on_time_and_on_section_change(workflow, qtbot):
     train.preview_every.value = 1  # seconds
     viewer.dims.set_current_step(0, 4)
     train.train_button.click()
-    qtbot.waitUntil(lambda: "synthetic EM preview" in viewer.layers, timeout=WAIT_MS)
+    # the two layers are added in two passes of the event loop (each costs napari ~0.1 s)
+    qtbot.waitUntil(lambda: "synthetic EM uncertainty" in viewer.layers, timeout=WAIT_MS)
     preview, uncertainty = viewer.layers["synthetic EM preview"], viewer.layers["synthetic EM uncertainty"]
     # consistent within one pass of the GUI thread: the layers, the flag and the status line
     assert preview.data.dtype == np.float32 and 0 <= preview.data.min() and preview.data.max() <= 1

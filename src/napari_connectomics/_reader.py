@@ -18,6 +18,10 @@ Rules (see DESIGN.md, "Conventions for data"):
   file); smaller ones are read into numpy.
 * Optional ``scale`` / ``translate`` attributes (one number per axis, written by our writer) are
   passed on to the layer.
+* An OME-Zarr image (a Zarr group with ``multiscales`` metadata, e.g. ``image.ome.zarr``) is one
+  multiscale layer (all levels, lazy) with the voxel size and origin of level 0 as ``scale`` /
+  ``translate``, a ``c`` axis split into channels; each image under its ``labels/`` group is a
+  multiscale Labels layer.
 * A file that is not ours or cannot be read gives ``None`` from :func:`napari_get_reader`; an array
   that cannot be read is skipped with a warning, never an exception in napari.
 
@@ -89,6 +93,9 @@ def read_layers(path: str | Sequence[str]) -> list[LayerData]:
     layers: list[LayerData] = []
     for item in paths:
         file = Path(os.fsdecode(os.fspath(item)).rstrip("/\\"))
+        if _is_ome_zarr(file):
+            layers.extend(_ome_layers(file))
+            continue
         try:
             keys = _array_keys(file)
         except Exception as err:
@@ -120,6 +127,86 @@ def _layer(file: Path, key: str | None) -> LayerData:
     if _is_labels(name, volume):
         return data, meta, "labels"
     return data, meta, "image"
+
+
+# --------------------------------------------------------------------------------------------
+# OME-Zarr: one multiscale layer per image, and per label image under labels/
+# --------------------------------------------------------------------------------------------
+
+
+def _is_ome_zarr(file: Path) -> bool:
+    """A Zarr group with OME-Zarr ``multiscales`` metadata (our layers then follow NGFF)."""
+    if file.suffix.lower() != ".zarr" or not file.is_dir():
+        return False
+    try:
+        import zarr
+
+        from napari_connectomics.data.ome_zarr import multiscales_attr
+
+        root = zarr.open(str(file), mode="r")
+        return isinstance(root, zarr.Group) and multiscales_attr(root) is not None
+    except Exception:
+        return False
+
+
+def _ome_layers(file: Path) -> list[LayerData]:
+    """The image (all levels, as a multiscale layer with the voxel size and origin of level 0)
+    and each of its label images as a Labels layer."""
+    import zarr
+
+    from napari_connectomics.data.ome_zarr import label_names, read_multiscale
+
+    layers: list[LayerData] = []
+    try:
+        layers.append(_ome_layer(file, read_multiscale(file), labels=False))
+    except Exception as err:
+        logger.warning("napari-connectomics: cannot read the OME-Zarr %s (%s)", file, err)
+        return layers
+    try:
+        names = label_names(zarr.open_group(str(file), mode="r", path="labels"))
+    except Exception:  # no labels group
+        names = []
+    for name in names:
+        try:
+            layers.append(_ome_layer(file, read_multiscale(file, f"labels/{name}"), labels=True))
+        except Exception as err:
+            logger.warning("napari-connectomics: skipping %s labels/%s (%s)", file, name, err)
+    return layers
+
+
+def _ome_layer(file: Path, image: Any, labels: bool) -> LayerData:
+    import dask.array as da
+    import zarr
+
+    drop = 1 if image.axes[0] == "t" and image.levels[0].shape[0] == 1 else 0
+    axes = image.axes[drop:]
+    levels = []
+    for level in image.levels:
+        array = da.from_zarr(zarr.open_array(str(file), mode="r", path=level.path))
+        levels.append(array[0] if drop else array)
+    top = image.levels[0]
+    name = image.name or (image.group.rsplit("/", 1)[-1] if image.group else "image")
+    layer_name = f"{file.stem.removesuffix('.ome')}:{name}"
+    meta: dict[str, Any] = {
+        "name": layer_name, "scale": top.scale[drop:], "translate": top.translate[drop:],
+        "metadata": {"source": f"{file}:{top.path}", "ome_axes": "".join(axes)}}
+    data: Any = levels if len(levels) > 1 else levels[0]
+    meta["multiscale"] = len(levels) > 1
+    if labels:
+        return data, meta, "labels"
+    volume = open_volume(file, key=top.path)
+    if "c" in axes and not _is_labels(name, volume):
+        channel = axes.index("c")
+        count = levels[0].shape[channel]
+        meta.update(channel_axis=channel, name=[f"{layer_name}[{c}]" for c in range(count)]
+                    if count > 1 else [layer_name])
+        for key in ("scale", "translate"):
+            meta[key] = tuple(v for i, v in enumerate(meta[key]) if i != channel)
+        if _is_probabilities(name, volume):
+            meta.update(blending="additive",
+                        contrast_limits=(0, 255) if volume.dtype == np.uint8 else (0.0, 1.0))
+        return data, meta, "image"
+    return data, meta, "labels" if _is_labels(name, volume) else "image"
 
 
 def _data(volume: Volume) -> Any:

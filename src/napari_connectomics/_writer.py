@@ -1,5 +1,8 @@
 """napari writers: one Labels or Image layer to ``.h5`` / ``.hdf5``, ``.zarr`` or ``.tif`` / ``.tiff``.
 
+``.ome.zarr`` is written as an OME-Zarr image with a pyramid (labels subsampled, images averaged)
+whose coordinateTransformations carry the layer's ``scale`` and ``translate``.
+
 * Labels are stored as uint16 when every id fits (0..65535), else uint32 (DESIGN.md: never int64);
   negative ids or ids above 2**32-1 raise a ValueError that says so. Images keep their dtype.
 * In HDF5 / Zarr the array is named after the layer, sanitised to ``[A-Za-z0-9_.-]`` (``labels`` /
@@ -35,12 +38,12 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """Write a Labels layer (uint16 when the ids fit, else uint32)."""
     data = _full_resolution(data, meta)
     dtype = label_dtype(data)
-    return _write(path, data.astype(dtype, copy=False), meta, default_name="labels")
+    return _write(path, data.astype(dtype, copy=False), meta, default_name="labels", pyramid="stride")
 
 
 def write_image(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """Write an Image layer in its own dtype."""
-    return _write(path, _full_resolution(data, meta), meta, default_name="image")
+    return _write(path, _full_resolution(data, meta), meta, default_name="image", pyramid="mean")
 
 
 def label_dtype(data: Any) -> np.dtype:
@@ -82,13 +85,14 @@ def _min_max(data: Any) -> tuple[int, int]:
     return int(low), int(high)
 
 
-def _write(path: str, data: Any, meta: dict[str, Any], default_name: str) -> list[str]:
+def _write(path: str, data: Any, meta: dict[str, Any], default_name: str,
+           pyramid: str | None = None) -> list[str]:
     target = Path(os.fsdecode(path))
     if target.suffix.lower() not in _H5 + _ZARR + _TIFF:
         raise ValueError(f"cannot write {target}: napari-connectomics writes .h5, .hdf5, .zarr, .tif or .tiff")
     key = safe_array_name(meta.get("name"), default_name)
     written = write_volume(target, key, data, attrs=_spatial_attrs(meta, data.ndim),
-                           rgb=bool(meta.get("rgb")))
+                           rgb=bool(meta.get("rgb")), pyramid=pyramid)
     return [str(written)]
 
 

@@ -55,9 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", parents=[common], help="segment a volume with a checkpoint (sliding window, block-wise, any size)")
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint of napari-connectomics train")
-    p.add_argument("--input", required=True, metavar="PATH[:key]", help="volume: file.h5:key, file.zarr/array, .tif, .npy")
+    p.add_argument("--input", required=True, metavar="PATH[:key]", help="volume: file.h5:key, file.zarr/array, .tif, .npy, image.ome.zarr (level 0) or image.ome.zarr/LEVEL")
     p.add_argument("--output", required=True, metavar="PATH[:key]",
-                   help="pred.zarr or pred.h5 (array 'probabilities'; 'labels' beside it with --threshold/--instances)")
+                   help="pred.zarr or pred.h5 (array 'probabilities'; 'labels' beside it with --threshold/--instances), "
+                        "or pred.ome.zarr (OME-Zarr with a pyramid; labels under pred.ome.zarr/labels/labels)")
     p.add_argument("--window", type=_ints, metavar="Z,Y,X", help="sliding window (default: the training patch)")
     p.add_argument("--overlap", type=float, help="fraction of a window shared with its neighbour")
     p.add_argument("--batch", type=int, help="windows per forward pass")
@@ -311,7 +312,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     summary: dict[str, Any] = {
-        "output": f"{result.output_path}:probabilities", "shape": tuple(result.probabilities.shape),
+        "output": f"{result.output_path}:{parse_output(args.output).key}", "shape": tuple(result.probabilities.shape),
         "window": result.window, "blocks": result.blocks, "device": result.device, "seconds": f"{result.seconds:.1f}"}
     if method is not None:
         threshold = args.threshold if args.threshold is not None else cfg.inference.threshold
@@ -347,7 +348,7 @@ def _write_labels(result: Any, key: str, cfg: Any, method: str, threshold: float
     import numpy as np
 
     from .inference.postprocess import postprocess, postprocess_blockwise
-    from .inference.stores import LabelsWriter, labels_dtype
+    from .inference.stores import LabelsWriter, labels_dtype, parse_output
 
     from .registry import TARGETS
 
@@ -381,7 +382,8 @@ def _write_labels(result: Any, key: str, cfg: Any, method: str, threshold: float
                 block_size=size, threshold=threshold, min_size=min_size, channel_layout=layout, value_scale=scale)
             dtype = made[0]
         writer.commit()
-    return f"{result.output_path}:labels ({dtype}, {top} max id)"
+    where = "labels/labels" if parse_output(str(result.output_path)).ome else "labels"
+    return f"{result.output_path}:{where} ({dtype}, {top} max id)"
 
 
 def _prediction_source(spec: str) -> Any:
@@ -389,7 +391,8 @@ def _prediction_source(spec: str) -> Any:
     from .data.volumes import list_arrays, open_volume, parse_volume_path
 
     path, key = parse_volume_path(spec)
-    if key is None and path.exists() and path.suffix in (".h5", ".hdf5", ".zarr") and "labels" in list_arrays(path):
+    if (key is None and path.exists() and path.suffix in (".h5", ".hdf5", ".zarr")
+            and {"labels", "labels/labels/0"} & set(list_arrays(path))):  # OME-Zarr: labels/labels
         key = "labels"
     return open_volume(path if key is None else f"{path}:{key}")
 

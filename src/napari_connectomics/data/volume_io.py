@@ -1,4 +1,5 @@
-"""Writing volumes: the one place that creates HDF5 files, Zarr stores and TIFF files.
+"""Writing volumes: the one place that creates HDF5 files, Zarr stores (plain, or OME-Zarr images
+with a pyramid through :mod:`.ome_zarr`) and TIFF files.
 
 Reading goes through :mod:`.volumes` (:func:`~.volumes.open_volume`); everything that writes a
 volume (napari's writer, prediction outputs, labels beside them, the annotations a training run
@@ -26,6 +27,7 @@ import numpy as np
 
 __all__ = [
     "HDF5_SUFFIXES",
+    "OME_ZARR_SUFFIX",
     "TIFF_SUFFIXES",
     "ZARR_SUFFIXES",
     "close_container",
@@ -50,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 ZARR_SUFFIXES = (".zarr",)
+OME_ZARR_SUFFIX = ".ome.zarr"  # a Zarr store holding an OME-Zarr image (see .ome_zarr)
 TIFF_SUFFIXES = (".tif", ".tiff")
 COPY_SECTIONS = 16  # leading-axis sections copied at a time from a lazy array (bounded memory)
 
@@ -229,7 +232,10 @@ def write_data(target: Any, data: Any, sections: int = COPY_SECTIONS) -> None:
 
 
 def kind_of(path: Path) -> str | None:
-    """'hdf5', 'zarr' or 'tiff' from the suffix; None for anything else."""
+    """'hdf5', 'zarr', 'ome-zarr' (a name ending in .ome.zarr) or 'tiff' from the suffix; None
+    for anything else."""
+    if path.name.lower().endswith(OME_ZARR_SUFFIX):
+        return "ome-zarr"
     suffix = path.suffix.lower()
     for kind, suffixes in (("hdf5", HDF5_SUFFIXES), ("zarr", ZARR_SUFFIXES),
                            ("tiff", TIFF_SUFFIXES)):
@@ -239,20 +245,28 @@ def kind_of(path: Path) -> str | None:
 
 
 def write_volume(path: str | os.PathLike, key: str, data: Any, *,
-                 attrs: Mapping[str, Any] | None = None, rgb: bool = False) -> Path:
+                 attrs: Mapping[str, Any] | None = None, rgb: bool = False,
+                 pyramid: str | None = None) -> Path:
     """Write ``data`` as a new file or store at ``path`` (HDF5 / Zarr: the array ``key`` with
     ``attrs``; TIFF: the bare array), under a temporary sibling renamed into place, replacing an
-    existing one. Lazy data is written block by block (HDF5, Zarr)."""
+    existing one. Lazy data is written block by block (HDF5, Zarr).
+
+    A path ending in ``.ome.zarr`` becomes an OME-Zarr image named ``key``: level 0, then a
+    pyramid computed from it block by block (``pyramid``: ``'stride'`` for labels, ``'mean'`` for
+    images; default: stride for integer data, mean for floats), with ``attrs['scale']`` /
+    ``attrs['translate']`` (one number per axis) as the voxel size and origin."""
     target = Path(os.fsdecode(path))
     kind = kind_of(target)
     if kind is None:
-        raise ValueError(f"cannot write {target}: "
-                         "name an HDF5 (.h5), Zarr (.zarr) or TIFF (.tif) file")
+        raise ValueError(f"cannot write {target}: name an HDF5 (.h5), Zarr (.zarr), "
+                         "OME-Zarr (.ome.zarr) or TIFF (.tif) file")
     temporary = partial_sibling(target, keep_suffix=True)
     remove(temporary, ignore_errors=True)
     try:
         if kind == "tiff":
             _write_tiff(temporary, data, rgb)
+        elif kind == "ome-zarr":
+            _write_ome_zarr(temporary, key, data, attrs or {}, pyramid)
         else:
             container = create_container(temporary, kind)
             try:
@@ -269,6 +283,41 @@ def write_volume(path: str | os.PathLike, key: str, data: Any, *,
         raise
     logger.debug("wrote %s", target)
     return target
+
+
+def _write_ome_zarr(store: Path, name: str, data: Any, attrs: Mapping[str, Any],
+                    pyramid: str | None) -> None:
+    """Level 0 (block by block for lazy data), then the pyramid and the NGFF metadata."""
+    from .ome_zarr import default_axes, finish_image
+
+    if not hasattr(data, "shape"):
+        data = np.asarray(data)
+    axes = default_axes(len(data.shape))
+    spatial = sum(a in "zyx" for a in axes)
+    scale, origin = (_spatial_numbers(attrs.get(k), len(data.shape), spatial)
+                     for k in ("scale", "translate"))
+    rest = {k: v for k, v in attrs.items() if k not in ("scale", "translate")}
+    method = pyramid or ("stride" if np.dtype(data.dtype).kind in "biu" else "mean")
+    if method not in ("stride", "mean"):
+        raise ValueError(f"unknown pyramid method {method!r}; choose 'stride' (labels) or 'mean'")
+    container = create_container(store, "zarr")
+    array = create_array(container, "0", data.shape, data.dtype,
+                         chunks=volume_chunks(data.shape), attrs=rest)
+    write_data(array, data)
+    finish_image(store, "0", axes=axes, method=method, voxel_size=scale, origin=origin, name=name)
+
+
+def _spatial_numbers(value: Any, ndim: int, spatial: int) -> list[float] | None:
+    """The spatial part of a per-axis ``scale`` / ``translate`` (all axes or spatial ones only)."""
+    if value is None:
+        return None
+    numbers = [float(v) for v in np.asarray(value, dtype=float).ravel()]
+    if len(numbers) == ndim:
+        return numbers[ndim - spatial:]
+    if len(numbers) == spatial:
+        return numbers
+    raise ValueError(f"{len(numbers)} scale/translate numbers for a {ndim}-D array; "
+                     f"give {ndim} (one per axis) or {spatial} (z, y, x)")
 
 
 def _write_tiff(file: Path, data: Any, rgb: bool) -> None:

@@ -2,7 +2,8 @@
 
 Training, inference and napari's reader all go through :func:`open_volume`, so a volume is named the
 same way everywhere (see DESIGN.md, "Command line"): ``file.h5:dataset``, ``file.zarr:array`` or
-``file.zarr/array``, ``file.tif``, ``dir/*.tif`` (a stack of 2D slices), ``file.npy``. A
+``file.zarr/array``, ``file.tif``, ``dir/*.tif`` (a stack of 2D slices), ``file.npy``, and OME-Zarr
+images: ``image.ome.zarr`` (level 0), ``image.ome.zarr/1`` (another level; see :mod:`.ome_zarr`). A
 :class:`Volume` reads only what is indexed, so volumes far larger than RAM work, and it pickles
 without file handles, so PyTorch DataLoader workers (fork or spawn) reopen the file themselves.
 
@@ -46,7 +47,7 @@ _MAX_NAMES_SHOWN = 12
 
 SUPPORTED_FORMATS = (
     ".h5/.hdf5/.hdf (file.h5:dataset), .zarr (store.zarr:array or store.zarr/array), "
-    ".tif/.tiff, .npy, or a glob of 2D TIFF slices (dir/*.tif)"
+    ".tif/.tiff, .npy, OME-Zarr (image.ome.zarr, image.ome.zarr/LEVEL), or a glob of 2D TIFF slices (dir/*.tif)"
 )
 
 
@@ -120,14 +121,34 @@ class _HDF5Backend:
 
 
 class _ZarrBackend:
-    def __init__(self, path: Path, key: str | None):
+    """A Zarr array; for an OME-Zarr level also its voxel size and origin (``scale`` /
+    ``translate``, one number per axis kept) and how many leading singleton axes (``t``) to drop."""
+
+    def __init__(self, path: Path, key: str | None, scale: tuple[float, ...] | None = None,
+                 translate: tuple[float, ...] | None = None, drop: int = 0):
         self.path, self.key = path, key
+        self.scale, self.translate, self.drop = scale, translate, drop
         self.description = f"{path}:{key}" if key else str(path)
 
     def open(self) -> _Opened:
         import zarr
 
-        return zarr.open_array(str(self.path), mode="r", path=self.key or ""), None
+        array = zarr.open_array(str(self.path), mode="r", path=self.key or "")
+        return (_DropLeading(array, self.drop) if self.drop else array), None
+
+
+class _DropLeading:
+    """View of an array without its first ``n`` axes (each of size 1, e.g. OME-Zarr's ``t``)."""
+
+    def __init__(self, array: Any, n: int):
+        self.array, self.n = array, n
+        self.shape = tuple(array.shape[n:])
+        self.dtype = array.dtype
+        self.chunks = tuple(array.chunks[n:])
+
+    def __getitem__(self, index: Any) -> Any:
+        items = index if isinstance(index, tuple) else (index,)
+        return self.array[(0,) * self.n + items]
 
 
 class _TiffBackend:
@@ -235,6 +256,9 @@ class Volume:
         self.dtype: np.dtype = np.dtype(array.dtype)
         self.chunks: tuple[int, ...] | None = _chunks_of(array)
         self.source: str = backend.description
+        # voxel size and origin per axis, when the file says (OME-Zarr); None otherwise
+        self.scale: tuple[float, ...] | None = getattr(backend, "scale", None)
+        self.translate: tuple[float, ...] | None = getattr(backend, "translate", None)
         logger.debug("opened %s: shape %s, dtype %s", self.source, self.shape, self.dtype)
 
     @property
@@ -433,7 +457,7 @@ def _backend_for(path: Path, key: str | None) -> Any:
     if kind == "hdf5":
         return _HDF5Backend(path, _resolve_hdf5_key(path, key))
     if kind == "zarr":
-        return _ZarrBackend(path, _resolve_zarr_key(path, key))
+        return _zarr_backend(path, key)
     _refuse_key(path, key)
     return _TiffBackend(path) if kind == "tiff" else _NpyBackend(path)
 
@@ -484,14 +508,73 @@ def _resolve_hdf5_key(path: Path, key: str | None) -> str:
         raise VolumeError(message) from err
 
 
-def _resolve_zarr_key(path: Path, key: str | None) -> str | None:
-    """The array to read: ``key`` if it is one, the root if the store is an array, else the only array."""
+def _zarr_backend(path: Path, key: str | None) -> _ZarrBackend:
+    """A plain Zarr array, or one level of an OME-Zarr image (see :func:`_ome_zarr_backend`)."""
     import zarr
 
     try:
         root = zarr.open(str(path), mode="r")
     except Exception as err:  # zarr raises several unrelated types for an unreadable store
         raise VolumeError(f"cannot open {path} as a Zarr store ({_first_line(err)}); check the path") from err
+    ome = _ome_zarr_backend(path, root, key) if isinstance(root, zarr.Group) else None
+    if ome is not None:
+        return ome
+    return _ZarrBackend(path, _resolve_zarr_key(path, key, root))
+
+
+def _ome_zarr_backend(path: Path, root: Any, key: str | None) -> _ZarrBackend | None:
+    """One level of an OME-Zarr image, when ``root`` (or the group ``key`` names) has
+    ``multiscales`` metadata: level 0 without a key, else the level ``key`` names (its path or
+    its index); a ``labels`` group with one label (or ``labels/NAME``) gives that label's level 0.
+    None for a plain Zarr group; a ``*.ome.zarr`` without the metadata is an error."""
+    import zarr
+
+    from .ome_zarr import OmeZarrError, is_ome_name, label_names, multiscales_attr, read_multiscale
+
+    group, level = "", key
+    at_root = multiscales_attr(root) is not None
+    if key is None:
+        if not at_root:
+            if is_ome_name(path):  # named as OME-Zarr but without its metadata: say so
+                try:
+                    read_multiscale(path)
+                except OmeZarrError as err:
+                    raise VolumeError(str(err)) from None
+            return None
+    else:
+        node = root.get(key)
+        if isinstance(node, zarr.Array):  # a level named by its path (also inside labels/NAME)
+            parent, _, leaf = key.rpartition("/")
+            holder = root.get(parent) if parent else root
+            if not (isinstance(holder, zarr.Group) and multiscales_attr(holder)):
+                return None
+            group, level = parent, leaf
+        elif isinstance(node, zarr.Group):
+            names = label_names(node)
+            if not multiscales_attr(node) and len(names) == 1:
+                key = f"{key}/{names[0]}"
+                node = root.get(key)
+            if isinstance(node, zarr.Group) and multiscales_attr(node):
+                group, level = key, None
+            elif not at_root:
+                return None
+        elif not at_root:
+            return None
+    try:
+        image = read_multiscale(path, group)
+        chosen = image.level(level)
+    except OmeZarrError as err:
+        raise VolumeError(str(err)) from None
+    drop = 0
+    while drop < len(image.axes) - 2 and image.axes[drop] == "t" and chosen.shape[drop] == 1:
+        drop += 1
+    return _ZarrBackend(path, chosen.path, chosen.scale[drop:], chosen.translate[drop:], drop)
+
+
+def _resolve_zarr_key(path: Path, key: str | None, root: Any) -> str | None:
+    """The array to read: ``key`` if it is one, the root if the store is an array, else the only array."""
+    import zarr
+
     if isinstance(root, zarr.Array):
         _refuse_key(path, key)
         return None

@@ -135,4 +135,5 @@ def read_once(source: VolumeInput, limit: int) -> VolumeInput:
         return source
     held = open_volume(_HeldVolume(volume[...], volume.chunks))
     held.source = volume.source  # errors still name the file
+    held.scale, held.translate = volume.scale, volume.translate  # and the voxel grid is kept
     return dataclasses.replace(source, volume=held)

@@ -168,8 +168,9 @@ def predict(
 
     ``checkpoint_or_model``: a checkpoint path (model and config from it), or a model with its
     training config as ``cfg``. ``volume``: a path spec (``raw.h5:raw``), an array (numpy, dask,
-    napari layer data) or a Volume. ``output``: ``pred.zarr[:key]`` or ``pred.h5[:key]``,
-    written under a temporary name and renamed when complete; an existing one is refused unless
+    napari layer data) or a Volume. ``output``: ``pred.zarr[:key]``, ``pred.h5[:key]`` or
+    ``pred.ome.zarr`` (OME-Zarr with a pyramid and the input's voxel size), written under a
+    temporary name and renamed when complete; an existing one is refused unless
     ``overwrite``. ``stop_event`` cancels between window batches: the partial output is removed
     and the result says ``cancelled=True``. ``scheduler='dask'`` (with ``address`` or a local
     cluster) runs the blocks as dask tasks. Every input error is a one-line ValueError raised
@@ -261,7 +262,21 @@ def _open_writer(plan: _Plan, spec: OutputSpec, overwrite: bool) -> OutputWriter
     if plan.checkpoint is not None:
         attrs["checkpoint"] = str(plan.checkpoint)
     chunks = choose_chunks(plan.shape[0], plan.source.shape, block)
-    return OutputWriter(spec, plan.shape, options.output_dtype, chunks, overwrite, attrs)
+    voxel_size, origin = _voxel_grid(plan.source)
+    return OutputWriter(spec, plan.shape, options.output_dtype, chunks, overwrite, attrs,
+                        voxel_size=voxel_size, origin=origin)
+
+
+def _voxel_grid(source: VolumeInput) -> tuple[list[float] | None, list[float] | None]:
+    """The input's voxel size and the origin of the predicted region (z, y, x), when the input
+    says (an OME-Zarr level); carried into an OME-Zarr output's coordinateTransformations."""
+    scale, translate = source.volume.scale, source.volume.translate
+    if scale is None:
+        return None, None
+    spatial = 2 if source.flat else 3
+    voxel = [1.0] * (3 - spatial) + [float(v) for v in scale[-spatial:]]
+    shift = [0.0] * (3 - spatial) + [float(v) for v in (translate or (0.0,) * spatial)[-spatial:]]
+    return voxel, [t + o * v for t, o, v in zip(shift, source.offset, voxel)]
 
 
 class _LastProgress:

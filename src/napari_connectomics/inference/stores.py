@@ -9,7 +9,10 @@ outside this project would not know to check it). An existing output is refused 
 as a whole (the file or store, not only the array inside).
 
 Path specs: ``pred.zarr`` (a group holding the array ``probabilities``), ``pred.zarr:name`` or
-``pred.zarr/name``, ``pred.h5`` and ``pred.h5:name``. Probabilities are stored channel-first
+``pred.zarr/name``, ``pred.h5`` and ``pred.h5:name``; ``pred.ome.zarr`` is an OME-Zarr image
+(probabilities as levels ``0``, ``1``, ... and labels as ``labels/<name>``, each with a pyramid
+built block by block from level 0 when the output is committed, see :mod:`..data.ome_zarr`).
+Probabilities are stored channel-first
 (C, z, y, x) as float16, float32 or uint8 (probability * 255, rounded). Label volumes go beside
 them with :func:`write_labels` (uint16 when the ids fit, else uint32; never int64), or block by
 block with :class:`LabelsWriter` when they are larger than memory.
@@ -29,6 +32,7 @@ import numpy as np
 from ..config.schema import InferenceConfig
 from ..data.volume_io import (
     HDF5_SUFFIXES,
+    OME_ZARR_SUFFIX,
     ZARR_SUFFIXES,
     close_container,
     create_array,
@@ -78,6 +82,7 @@ class OutputSpec:
     path: Path
     key: str
     kind: str  # 'zarr' or 'hdf5'
+    ome: bool = False  # an OME-Zarr image (pred.ome.zarr): key '0' is level 0 of its pyramid
 
     def __str__(self) -> str:
         return f"{self.path}:{self.key}"
@@ -91,13 +96,19 @@ def parse_output(spec: str | os.PathLike, default_key: str = DEFAULT_ARRAY) -> O
     """``pred.zarr[:key]`` / ``pred.h5[:key]`` -> :class:`OutputSpec` (one-line error otherwise)."""
     path, key = parse_volume_path(spec)
     suffix = path.suffix.lower()
+    if path.name.lower().endswith(OME_ZARR_SUFFIX):
+        if key not in (None, "0"):
+            raise ValueError(f"{os.fsdecode(spec)}: an OME-Zarr output holds the probabilities as its "
+                             f"image (level 0 at {path}/0, labels under {path}/labels); drop ':{key}'")
+        return OutputSpec(path, "0", "zarr", ome=True)
     if suffix in ZARR_SUFFIXES:
         kind = "zarr"
     elif suffix in HDF5_SUFFIXES:
         kind = "hdf5"
     else:
-        raise ValueError(f"cannot write a prediction to {os.fsdecode(spec)}: name a Zarr store or "
-                         "an HDF5 file, e.g. pred.zarr, pred.zarr:probabilities or pred.h5:probs")
+        raise ValueError(f"cannot write a prediction to {os.fsdecode(spec)}: name a Zarr store, "
+                         "an OME-Zarr image or an HDF5 file, e.g. pred.zarr, pred.zarr:probabilities, "
+                         "pred.ome.zarr or pred.h5:probs")
     return OutputSpec(path, key or default_key, kind)
 
 
@@ -149,12 +160,15 @@ class OutputWriter:
 
     def __init__(self, spec: OutputSpec, shape: Sequence[int], dtype: str,
                  chunks: Sequence[int] | None, overwrite: bool,
-                 attrs: Mapping[str, Any] | None = None) -> None:
+                 attrs: Mapping[str, Any] | None = None,
+                 voxel_size: Sequence[float] | None = None,
+                 origin: Sequence[float] | None = None) -> None:
         if str(dtype) not in OUTPUT_DTYPES:
             raise ValueError(f"unknown output dtype {dtype!r}; "
                              f"choose one of: {', '.join(OUTPUT_DTYPES)}")
         check_output(spec, overwrite)
         self.spec, self.overwrite = spec, overwrite
+        self.voxel_size, self.origin = voxel_size, origin  # z, y, x (OME-Zarr metadata)
         self.shape, self.dtype = tuple(int(n) for n in shape), np.dtype(str(dtype))
         self.chunks = (tuple(chunks) if chunks is not None
                        else choose_chunks(self.shape[0], self.shape[1:]))
@@ -187,8 +201,18 @@ class OutputWriter:
         return ZarrSink(str(self.temporary), self.spec.key, str(self.dtype))
 
     def commit(self) -> Path:
-        """Close and move the finished output into place (replacing an old one only now)."""
+        """Close and move the finished output into place (replacing an old one only now); an
+        OME-Zarr output gets its pyramid (block by block from level 0) and metadata first."""
         self._close()
+        if self.spec.ome:
+            from ..data.ome_zarr import finish_image
+
+            try:
+                finish_image(self.temporary, self.spec.key, axes="czyx", method="mean",
+                             voxel_size=self.voxel_size, origin=self.origin, name=DEFAULT_ARRAY)
+            except BaseException:
+                self.abort()
+                raise
         if exists(self.spec.path) and not self.overwrite:  # appeared while we were running
             self.abort()
             check_output(self.spec, self.overwrite)
@@ -233,9 +257,12 @@ class ZarrSink:
 
 def open_output(path_spec: str | os.PathLike, shape: Sequence[int], dtype: str = "float16",
                 chunks: Sequence[int] | None = None, overwrite: bool = False,
-                attrs: Mapping[str, Any] | None = None) -> OutputWriter:
+                attrs: Mapping[str, Any] | None = None,
+                voxel_size: Sequence[float] | None = None,
+                origin: Sequence[float] | None = None) -> OutputWriter:
     """Start writing a (C, z, y, x) probabilities array to ``path_spec`` (see the module doc)."""
-    return OutputWriter(parse_output(path_spec), shape, dtype, chunks, overwrite, attrs)
+    return OutputWriter(parse_output(path_spec), shape, dtype, chunks, overwrite, attrs,
+                        voxel_size=voxel_size, origin=origin)
 
 
 def open_array(spec: OutputSpec) -> Any:
@@ -273,6 +300,12 @@ def write_labels(path_spec: str | os.PathLike, labels: Any, name: str = "labels"
     spec = parse_output(path_spec, default_key=name)
     data = np.asarray(labels)
     data = data.astype(labels_dtype(data), copy=False)
+    if spec.ome:  # labels/<name> of the OME-Zarr image, with its own pyramid
+        with LabelsWriter(path_spec, name, overwrite=overwrite) as writer:
+            writer.create(data.shape, data.dtype)[...] = data
+            writer.commit()
+        logger.info("wrote %s labels %s to %s/labels/%s", data.dtype, data.shape, spec.path, name)
+        return spec.path
     target = OutputSpec(spec.path, name, spec.kind)
     if not exists(spec.path):
         fresh = target.sibling("partial")
@@ -308,11 +341,14 @@ class LabelsWriter:
         if not exists(spec.path):
             raise ValueError(f"{spec.path} does not exist; write the prediction first")
         self.container, self.kind, self.name = spec.path, spec.kind, name
+        self.ome = spec.ome
         self._made: list[str] = []
         self._final: str | None = None
         self._handle: Any = open_container(spec.path, spec.kind)
         try:
-            _refuse_existing(spec.path, name, name in self._handle and not overwrite)
+            taken = exists(spec.path / "labels" / name) if self.ome else name in self._handle
+            _refuse_existing(spec.path, f"labels/{name}" if self.ome else name,
+                             taken and not overwrite)
         except BaseException:
             self._close()
             raise
@@ -347,11 +383,16 @@ class LabelsWriter:
         for key in self._made:
             if key != self._final:
                 delete_array(self._handle, key)
-        delete_array(self._handle, self.name)
-        move_array(self._handle, self._final, self.name, self.container)
+        if self.ome:  # labels/<name>: level 0 moved there, its pyramid and metadata added
+            from ..data.ome_zarr import finish_labels
+
+            finish_labels(self.container, self._final, self.name)
+        else:
+            delete_array(self._handle, self.name)
+            move_array(self._handle, self._final, self.name, self.container)
         self._made, self._final = [], None
         self._close()
-        logger.info("wrote %s:%s", self.container, self.name)
+        logger.info("wrote %s:%s", self.container, f"labels/{self.name}" if self.ome else self.name)
         return self.container
 
     def abort(self) -> None:

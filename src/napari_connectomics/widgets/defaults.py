@@ -10,6 +10,7 @@ schema) stay as they are.
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
 import logging
@@ -75,6 +76,13 @@ def default_config(gpu: bool | None = None) -> Any:
     use_gpu = gpu_available() if gpu is None else gpu
     preset = GPU_PRESET if use_gpu else CPU_PRESET
     logger.debug("starting config: %s", preset.name)
+    return copy.deepcopy(_loaded(preset))
+
+
+@functools.lru_cache(maxsize=2)
+def _loaded(preset: Path) -> Any:
+    """A preset read and validated once per process (a panel opening must not spend 0.1 s on it);
+    callers get a deep copy to change."""
     return load_config(preset)
 
 

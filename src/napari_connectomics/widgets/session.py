@@ -73,9 +73,16 @@ _UNBOUND: dict[int, SessionState] = {}
 
 def session_for(viewer: Any | None) -> SessionState:
     """The session of ``viewer`` (created on first use); one per viewer, forgotten with it."""
+    store: Any = _SESSIONS
+    key: Any = viewer
     if viewer is None:
-        return _UNBOUND.setdefault(id(_NO_VIEWER), SessionState())
-    try:
-        return _SESSIONS.setdefault(viewer, SessionState())
-    except TypeError:  # an object that can't be weakly referenced: key by identity
-        return _UNBOUND.setdefault(id(viewer), SessionState())
+        store, key = _UNBOUND, id(_NO_VIEWER)
+    else:
+        try:
+            _SESSIONS.get(viewer)
+        except TypeError:  # an object that can't be weakly referenced: key by identity
+            store, key = _UNBOUND, id(viewer)
+    session = store.get(key)
+    if session is None:  # look before creating: a new session loads the device preset
+        session = store[key] = SessionState()
+    return session

@@ -190,6 +190,7 @@ class TrainPanel(QWidget):
         self.worker_pid: int | None = None  # the process the last run trained in (from the worker)
         self.worker_annotated: int | None = None  # annotated voxels the worker holds for the run
         self.worker_labels_applied = 0  # repainted labels the running training has swapped in
+        self._latest_preview: PreviewUpdate | None = None
         self._outbox: queue.Queue[tuple[str, Any]] = queue.Queue()  # messages to the running worker
         self._watched: list[Any] = []  # labels layers whose edits go to the worker during a run
         self._dirty: set[int] = set()
@@ -824,17 +825,32 @@ class TrainPanel(QWidget):
         '<image> uncertainty' (same scale as the image, placed at the predicted region), without
         taking the active layer away from the one being painted."""
         source = self._preview_source
+        self._latest_preview = update
         self.preview_has_foreground = update.foreground_voxels > 0
         if source is None or source.name not in self.viewer.layers:
             return
         scale = np.asarray(source.scale, dtype=float)
         offset = np.asarray(update.offset, dtype=float)[-source.ndim:]
         translate = np.asarray(source.translate, dtype=float) + offset * scale
+        added = False
         for suffix, data, style in (
                 (PREVIEW_SUFFIX, update.data, {"colormap": "magenta", "opacity": 0.6}),
                 (UNCERTAINTY_SUFFIX, update.uncertainty, {"colormap": "yellow", "opacity": 0.4})):
-            self._put_preview_layer(source.name + suffix, data if source.ndim >= 3 else data[0], scale, translate,
-                                    style)
+            name = source.name + suffix
+            if name not in self.viewer.layers:
+                if added:  # napari builds a layer in ~0.1 s: one per pass of the event loop keeps it responsive
+                    QTimer.singleShot(0, lambda: self._show_latest_preview(update))
+                    return
+                added = True
+            self._put_preview_layer(name, data if source.ndim >= 3 else data[0], scale, translate, style)
+
+    def _show_latest_preview(self, update: PreviewUpdate) -> None:
+        """The rest of a preview whose first layer was just added (unless a newer preview came)."""
+        if update is self._latest_preview and self._preview_source is not None:
+            try:
+                self._show_preview(update)
+            except RuntimeError:  # the panel was closed meanwhile
+                pass
 
     def _put_preview_layer(self, name: str, data: np.ndarray, scale: np.ndarray, translate: np.ndarray,
                            style: dict[str, Any]) -> None:

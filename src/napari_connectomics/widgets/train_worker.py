@@ -127,6 +127,11 @@ def import_engine() -> None:
         from ..registry import ARCHITECTURES, LOSSES, POSTPROCESSORS, TARGETS
         from ..training import trainer  # noqa: F401
 
+        # Lightning's INFO lines ("GPU available", "Restoring states") are noise in napari's
+        # terminal, and its own handler plus the root's printed each line twice.
+        lightning_log = logging.getLogger("lightning")
+        lightning_log.setLevel(logging.WARNING)
+        lightning_log.propagate = not lightning_log.handlers
         # The built-ins load here: a registry loading in two threads at once shows the second an
         # empty registry ("Architecture 'x' not found. Available:").
         for registry in (ARCHITECTURES, LOSSES, TARGETS, POSTPROCESSORS):
