@@ -119,13 +119,15 @@ def test_a_bad_list_is_reported_in_one_line(panel):
 def test_rapid_edits_build_the_network_once(panel, qtbot, monkeypatch):
     panel.use_worker = False  # count in this process, where the patched function is
     calls: list[str] = []
-    real = panel_module.count_parameters
+    from napari_connectomics.models import build
+
+    real = build.count_parameters
 
     def counting(cfg):
         calls.append(cfg.model.mednext_size)
         return real(cfg)
 
-    monkeypatch.setattr(panel_module, "count_parameters", counting)
+    monkeypatch.setattr(build, "count_parameters", counting)
     panel.architecture.value = "mednext"
     for size in ("B", "M", "L", "B"):
         panel.option("mednext_size").value = size

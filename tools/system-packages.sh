@@ -11,9 +11,12 @@ PACKAGES=(xvfb xauth libgl1 libegl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libx
 
 present() {
     command -v Xvfb >/dev/null 2>&1 || return 1
-    local lib
+    # Read the linker cache once: `ldconfig -p | grep -q` under pipefail fails at random (grep -q
+    # exits at the first match and ldconfig dies of SIGPIPE).
+    local lib libraries
+    libraries="$(ldconfig -p 2>/dev/null)"
     for lib in libxcb-icccm libxcb-cursor libxkbcommon-x11 libEGL libGL.so; do
-        ldconfig -p 2>/dev/null | grep -q "$lib" || return 1
+        grep -q "$lib" <<<"$libraries" || return 1
     done
 }
 

@@ -46,7 +46,6 @@ from .model_options import (
     architecture_label,
     checked_config,
     config_value,
-    count_parameters,
     fields_for,
     follow_dimensions,
     model_facts,
@@ -59,8 +58,7 @@ from .model_options import (
 from .notify import describe_error, notify_error
 from .session import session_for
 from .step_probe import probe_config, probe_key
-from .train_worker import import_engine
-from .worker_client import engine_for, use_worker
+from .worker_client import engine_for, quick_request, use_worker
 
 if TYPE_CHECKING:
     import napari
@@ -409,10 +407,7 @@ class ModelPanel(QWidget):
         engine, in_worker = self.engine, self.use_worker
 
         def work(report: Any, stop: Any) -> int:
-            if in_worker:
-                return engine.call("count", job_cfg, quiet=True)
-            import_engine()
-            return count_parameters(job_cfg)
+            return quick_request(engine, in_worker, "count", job_cfg)
 
         self._job = BackgroundJob(
             work,
@@ -491,12 +486,7 @@ class ModelPanel(QWidget):
         engine, in_worker = self.engine, self.use_worker
 
         def work(report: Any, stop: Any) -> Any:
-            if in_worker:
-                return engine.call("probe", cfg, quiet=True)
-            from .step_probe import measure_step
-
-            import_engine()
-            return measure_step(cfg)
+            return quick_request(engine, in_worker, "probe", cfg)
 
         self._probe_job = BackgroundJob(work, on_done=functools.partial(self._probe_done, key),
                                         on_error=functools.partial(self._probe_failed, key),

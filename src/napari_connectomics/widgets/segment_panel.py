@@ -19,7 +19,6 @@ layers it made itself (marked in their metadata). Nothing here imports torch.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +34,7 @@ from ..progress import Progress
 from ..registry import POSTPROCESSORS
 from .background import BackgroundJob
 from .compat import viewer_camera
-from .forms import ConfigForm, parse_list
+from .forms import ConfigForm
 from .live_feedback import PREVIEW_MARK
 from .notify import UserError, describe_error, notify_error, show_info, show_warning
 from .segment_request import (
@@ -57,7 +56,6 @@ from .segment_request import (
     first_rectangle,
     is_lazy_data,
     output_names,
-    read_checkpoint_info,
     recent_checkpoint_choices,
     region_around,
     remove_labels_array,
@@ -69,7 +67,7 @@ from .segment_request import (
 )
 from .session import TRAINING_RUNNING, TRAINING_STOPPING, session_for
 from .train_worker import import_engine
-from .worker_client import WorkerDied, engine_for, segment_in_worker, use_worker
+from .worker_client import WorkerDied, engine_for, quick_request, segment_in_worker, use_worker
 
 if TYPE_CHECKING:
     import napari
@@ -311,10 +309,7 @@ class SegmentPanel(QWidget):
         engine, in_worker = self.engine, self.use_worker
 
         def work(report: Any, stop: Any) -> CheckpointInfo:
-            if in_worker:
-                return engine.call("info", path, quiet=True)
-            import_engine()
-            return read_checkpoint_info(path)
+            return quick_request(engine, in_worker, "info", path)
 
         job = BackgroundJob(work,
                             on_done=lambda info: self._on_info(key, info),

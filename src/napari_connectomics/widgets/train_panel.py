@@ -55,7 +55,7 @@ from .notify import UserError, describe_error, notify_error, show_info, show_war
 from .pair_rows import PairRow, image_source, refill_combo, snapshot_image, snapshot_labels, voxel_size_of
 from .step_probe import probe_config, probe_key, slow_start_warning
 from .train_worker import import_engine
-from .worker_client import WorkerAnnotations, WorkerDied, engine_for, use_worker
+from .worker_client import WorkerAnnotations, WorkerDied, engine_for, quick_request, use_worker
 from .session import TRAINING_RUNNING, TRAINING_STOPPING, WeightsSnapshot, session_for
 from .training_request import (
     DEVICES,
@@ -552,12 +552,7 @@ class TrainPanel(QWidget):
         engine, in_worker = self.worker, self.train_in_process
 
         def work(report: Any, stop: Any) -> Any:
-            if in_worker:
-                return engine.call("probe", cfg, quiet=True)
-            from .step_probe import measure_step
-
-            import_engine()
-            return measure_step(cfg)
+            return quick_request(engine, in_worker, "probe", cfg)
 
         job = BackgroundJob(work, on_done=lambda step: self._probe_done(key, step),
                             on_error=self._probe_failed, name="connectomics-step-probe")

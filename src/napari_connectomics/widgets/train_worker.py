@@ -138,6 +138,25 @@ def import_engine() -> None:
             registry.names()
 
 
+def run_quick(kind: str, payload: Any) -> Any:
+    """What a short request computes: ``count`` (a config's parameters), ``probe`` (seconds per
+    training step, :class:`~.step_probe.StepTime`), ``info`` (a checkpoint's facts). The worker serves
+    them with this, and the panels' in-process (thread) mode calls it directly."""
+    if kind == "count":
+        from ..models.build import count_parameters
+
+        return count_parameters(payload)
+    if kind == "probe":
+        from .step_probe import measure_step
+
+        return measure_step(payload)
+    if kind == "info":
+        from .segment_request import read_checkpoint_info
+
+        return read_checkpoint_info(payload)
+    raise ValueError(f"unknown short request {kind!r}; one of {', '.join(QUIET_REQUESTS)}")
+
+
 def _warm_up(done: threading.Event) -> None:
     """Import the engine now, so the first request (a count, Train, Segment) starts at once.
     Requests wait for ``done`` (see :func:`import_engine`)."""
@@ -290,20 +309,14 @@ class _Server:
     # --- the requests ----------------------------------------------------------------------------
 
     def do_count(self, cfg: Any, running: _Running, report: Any) -> int:
-        from ..models.build import count_parameters
-
-        return count_parameters(cfg)
+        return run_quick("count", cfg)
 
     def do_probe(self, cfg: Any, running: _Running, report: Any) -> Any:
-        from .step_probe import measure_step
-
         with self.probe_lock:
-            return measure_step(cfg)
+            return run_quick("probe", cfg)
 
     def do_info(self, path: Any, running: _Running, report: Any) -> Any:
-        from .segment_request import read_checkpoint_info
-
-        return read_checkpoint_info(path)
+        return run_quick("info", path)
 
     def do_segment(self, request: Any, running: _Running, report: Any) -> Any:
         from .segment_request import run_segmentation

@@ -365,6 +365,18 @@ _ENGINES: "weakref.WeakKeyDictionary[Any, EngineWorker]" = weakref.WeakKeyDictio
 _UNBOUND: dict[int, EngineWorker] = {}
 
 
+def quick_request(engine: EngineWorker, in_worker: bool, kind: str, payload: Any) -> Any:
+    """A short request (``count``, ``probe``, ``info``; see :func:`~.train_worker.run_quick`) in the
+    viewer's worker, or in the calling thread when the panels run in-process. Call it from a job's
+    thread: it waits for the answer."""
+    if in_worker:
+        return engine.call(kind, payload, quiet=True)
+    from .train_worker import import_engine, run_quick
+
+    import_engine()
+    return run_quick(kind, payload)
+
+
 def engine_for(viewer: Any | None) -> EngineWorker:
     """The engine worker of ``viewer`` (created on first use, not started); one per viewer."""
     if viewer is None:
