@@ -304,6 +304,8 @@ if not only_count:
     train.train_button.click()
     wait(lambda: not train.running and train.last_result is not None, "the training run")
     result["steps"] = train.last_result.global_step
+# in thread mode a step timing still running in a thread of this process would be cut off at exit
+wait(lambda: not model.probing and not dock.train_panel.probing, "the step timings")
 result["heavy"], result["errors"] = heavy(), errors
 viewer.close()
 print("RESULT " + json.dumps(result))

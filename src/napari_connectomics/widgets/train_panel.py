@@ -543,6 +543,11 @@ class TrainPanel(QWidget):
         self.slow_warning.setVisible(False)
         self._probe_timer.start()  # restarts: only the last of a burst of edits is measured
 
+    @property
+    def probing(self) -> bool:
+        """True while a training step of the panel's choices waits to be timed or is being timed."""
+        return self._probe_queued is not None or (self._probe_job is not None and self._probe_job.running)
+
     def _start_probe(self) -> None:
         """Measure the queued choices; never during a run (it would time the run's share of the CPU)."""
         if self._probe_queued is None or self.running or (self._probe_job is not None and self._probe_job.running):
