@@ -9,6 +9,7 @@ widgets, and this module imports nothing above ``config/``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from typing import Any
@@ -36,6 +37,11 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     if data.patch_size is None:
         data.patch_size = default_patch_size(model.spatial_dims)
     return cfg
+
+
+def needs_resolving(cfg: DictConfig) -> bool:
+    """Whether :func:`resolve_config` would change ``cfg`` (callers can skip copying it)."""
+    return cfg.model.mednext_dim is not None or cfg.data.patch_size is None
 
 
 def effective_input_size(cfg: DictConfig) -> list[int]:
@@ -75,7 +81,14 @@ def _check_declared(node: DictConfig, schema: type, prefix: str) -> None:
 
 
 def _field_type(schema: type, name: str) -> type:
-    return typing.get_type_hints(schema)[name]
+    return field_types(schema)[name]
+
+
+@functools.cache
+def field_types(schema: type) -> dict[str, Any]:
+    """The schema's resolved field types: resolving them evaluates every annotation string, which
+    took most of a validation (the panels validate on every edit)."""
+    return typing.get_type_hints(schema)
 
 
 def _check_shape(key: str, value: Any, kind: Any) -> None:

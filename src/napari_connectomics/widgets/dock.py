@@ -2,23 +2,55 @@
 
 The tabs share one :class:`~.session.SessionState` with any panel docked on its own in the same
 viewer, so picking a model here and training in a separately docked Train panel is one workflow.
+
+Opening the dock must not freeze the viewer: importing the panels (omegaconf, magicgui forms) and
+building them took ~0.45 s on napari's GUI thread. The dock appears at once with empty tabs; a
+background thread imports the panel modules and reads the device preset (Python switches threads
+every few milliseconds, so the viewer keeps drawing), then each panel is built in its own pass of
+the event loop. Asking for a panel (``dock.train_panel``) before then builds it on the spot.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
 
-from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QLabel, QTabWidget, QVBoxLayout, QWidget
 
-from .model_panel import ModelPanel
-from .segment_panel import SegmentPanel
-from .session import session_for
-from .train_panel import TrainPanel
+from . import gc_freeze
 
 if TYPE_CHECKING:
     import napari
 
+    from .model_panel import ModelPanel
+    from .segment_panel import SegmentPanel
+    from .train_panel import TrainPanel
+
 __all__ = ["ConnectomicsWidget"]
+
+logger = logging.getLogger(__name__)
+
+# (tab title, module, class), in the order of the workflow and of building
+PANELS = (("Model", ".model_panel", "ModelPanel"),
+          ("Train", ".train_panel", "TrainPanel"),
+          ("Segment", ".segment_panel", "SegmentPanel"))
+POLL_MS = 10
+
+
+def _prepare() -> None:
+    """Import the panels and load the device preset: the slow, GUI-free part of opening the dock."""
+    for _, module, _ in PANELS:
+        importlib.import_module(module, __package__)
+    from .defaults import default_config
+
+    default_config()
+
+
+def _release_gc(*_: Any) -> None:
+    gc_freeze.release()
 
 
 class ConnectomicsWidget(QWidget):
@@ -26,15 +58,87 @@ class ConnectomicsWidget(QWidget):
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__()
+        if gc_freeze.hold():
+            self.destroyed.connect(_release_gc)
         self.viewer = napari_viewer
-        self.session = session_for(napari_viewer)
-        self.model_panel = ModelPanel(napari_viewer)
-        self.train_panel = TrainPanel(napari_viewer)
-        self.segment_panel = SegmentPanel(napari_viewer)
+        self._panels: dict[str, QWidget] = {}
+        self._pages: dict[str, QVBoxLayout] = {}
         self.tabs = QTabWidget()
-        self.tabs.addTab(self.model_panel, "Model")
-        self.tabs.addTab(self.train_panel, "Train")
-        self.tabs.addTab(self.segment_panel, "Segment")
+        for title, _, _ in PANELS:
+            page = QWidget()
+            page_layout = QVBoxLayout(page)
+            page_layout.setContentsMargins(0, 0, 0, 0)
+            page_layout.addWidget(QLabel("Loading…"))
+            self._pages[title] = page_layout
+            self.tabs.addTab(page, title)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)
+        self._prepared = threading.Event()
+        threading.Thread(target=self._prepare_in_background, name="connectomics-dock", daemon=True).start()
+        self._timer = QTimer(self)
+        self._timer.setInterval(POLL_MS)
+        self._timer.timeout.connect(self._build_next)
+        self._timer.start()
+
+    @property
+    def session(self) -> Any:
+        from .session import session_for
+
+        return session_for(self.viewer)
+
+    @property
+    def model_panel(self) -> "ModelPanel":
+        return self._panel("Model")  # type: ignore[return-value]
+
+    @property
+    def train_panel(self) -> "TrainPanel":
+        return self._panel("Train")  # type: ignore[return-value]
+
+    @property
+    def segment_panel(self) -> "SegmentPanel":
+        return self._panel("Segment")  # type: ignore[return-value]
+
+    @property
+    def ready(self) -> bool:
+        """Whether every panel is built."""
+        return len(self._panels) == len(PANELS)
+
+    def _prepare_in_background(self) -> None:
+        try:
+            _prepare()
+        except Exception:  # building on the GUI thread raises it again, where it can be shown
+            logger.debug("preparing the dock in the background failed", exc_info=True)
+        finally:
+            self._prepared.set()
+
+    def _build_next(self) -> None:
+        """One panel per pass of the event loop, once the imports are done."""
+        if not self._prepared.is_set():
+            return
+        missing = [title for title, _, _ in PANELS if title not in self._panels]
+        if missing:
+            self._panel(missing[0])
+        if self.ready:
+            self._timer.stop()
+            gc_freeze.refreeze()  # the panels are long-lived too
+
+    def _panel(self, title: str) -> QWidget:
+        panel = self._panels.get(title)
+        if panel is not None:
+            return panel
+        built = [t for t, _, _ in PANELS if t in self._panels]
+        for earlier, module, name in PANELS:  # panels are built in order: the Model panel first
+            if earlier in built:
+                continue
+            cls = getattr(importlib.import_module(module, __package__), name)
+            made = cls(self.viewer)
+            page = self._pages[earlier]
+            placeholder = page.takeAt(0)
+            if placeholder is not None and placeholder.widget() is not None:
+                placeholder.widget().deleteLater()
+            page.addWidget(made)
+            self._panels[earlier] = made
+            if earlier == title:
+                return made
+        raise KeyError(title)

@@ -15,6 +15,7 @@ from typing import Any
 from magicgui import widgets
 
 from ..config import schema
+from ..config.validation import field_types
 from ..registry import NamedRegistry
 
 __all__ = ["ConfigForm", "knob_value", "knob_widget", "parse_list", "section_fields"]
@@ -52,8 +53,7 @@ def knob_widget(section: str, name: str, value: Any = dataclasses.MISSING, label
     declared bounds, CheckBox for booleans, LineEdit (comma-separated) for lists; tooltip = help."""
     field = section_fields(section)[name]
     meta = field.metadata
-    hints = typing.get_type_hints(SECTIONS[section])
-    kind = _base_type(hints[name])
+    kind = _base_type(field_types(SECTIONS[section])[name])
     if value is dataclasses.MISSING:
         value = field.default if field.default is not dataclasses.MISSING else field.default_factory()
     options: dict[str, Any] = {"name": name, "label": label or name.replace("_", " "), "tooltip": meta.get("help")}
@@ -90,7 +90,7 @@ def knob_value(section: str, widget: widgets.Widget) -> Any:
     """The config value of a :func:`knob_widget`: a list field parsed from its text (one-line
     ValueError on a bad item), an empty text field None, anything else as the widget holds it."""
     value = widget.value
-    kind = _base_type(typing.get_type_hints(SECTIONS[section])[widget.name])
+    kind = _base_type(field_types(SECTIONS[section])[widget.name])
     if typing.get_origin(kind) is list:
         (item,) = typing.get_args(kind) or (int,)
         return parse_list(value, item if item in (int, float) else str)
