@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +73,90 @@ def tiny_checkpoint(path):
     state = {"state_dict": {"model." + k: v for k, v in model.state_dict().items()},
              CONFIG_KEY: OmegaConf.to_container(cfg, resolve=True)}
     return atomic_torch_save(state, path)
+
+
+# --- the real command line in a subprocess (tests/test_cli_predict.py, test_predict_resume.py)
+
+CLI_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def cli_command(*args: str) -> list[str]:
+    """`napari-connectomics ARGS` as a subprocess command line (this interpreter, this checkout)."""
+    return [sys.executable, "-m", "napari_connectomics", *args]
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `napari-connectomics ARGS` to completion; stdout and stderr captured as text."""
+    return subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env=CLI_ENV)
+
+
+# --- the Train panel in a real viewer (tests/test_train_panel.py, test_train_worker.py, test_gui_state_sweep.py)
+
+TINY_MODEL = ["model.architecture=monai_basic_unet3d", "model.filters=[4,4,8,16,32,4]", "training.val_patches=2"]
+WAIT_MS = 240_000  # a run of a few steps of the tiny network, on a busy 2-core machine
+LONG_RUN = 2000  # steps: a run that is still training whenever a test acts on it (tests stop it)
+
+
+def tiny(panel, tmp_path, steps=4, preview_every=0) -> None:
+    """Train-panel knobs for a fast run of the tiny network."""
+    panel.patch_size.value = "16, 32, 32"
+    panel.batch_size.value = 1
+    panel.steps.value = steps
+    panel.preview_every.value = preview_every
+    panel.output_dir.value = str(tmp_path / "runs")
+
+
+def stop_run(panel, timeout: float = 120) -> None:
+    """End a panel's run, if any (never leave a training behind a test)."""
+    if panel.job is None or not panel.running:
+        return
+    try:
+        panel.stop_training()
+    except RuntimeError:  # the viewer (and the panel) were closed: the worker ended with it
+        pass
+    panel.wait(timeout)
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    """Every error notification the panels show (notify_error goes through notify.show_error)."""
+    from napari_connectomics.widgets import notify
+
+    shown: list[str] = []
+    monkeypatch.setattr(notify, "show_error", lambda message, *args, **kwargs: shown.append(str(message)))
+    return shown
+
+
+@pytest.fixture
+def train_setup(make_napari_viewer, tmp_path):
+    """A viewer with the synthetic sample, a sparse annotation 'painted' on it, and the Train panel
+    opened through the plugin manifest, set for a 4-step run of the tiny network: (viewer, panel,
+    painted)."""
+    from napari_connectomics.config import load_config
+    from napari_connectomics.widgets.session import session_for
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-connectomics", "synthetic_em")
+    session_for(viewer).config = load_config(overrides=TINY_MODEL)
+    painted = paint_sparse(viewer)
+    _, panel = viewer.window.add_plugin_dock_widget("napari-connectomics", "Train")
+    tiny(panel, tmp_path)
+    yield viewer, panel, painted
+    stop_run(panel)
+
+
+def workers() -> list:
+    """Live engine worker processes started by this test process (psutil.Process objects)."""
+    import psutil
+
+    from napari_connectomics.widgets.worker_client import WORKER_MODULE
+
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and WORKER_MODULE in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return found

@@ -10,55 +10,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from conftest import paint_sparse
+from conftest import WAIT_MS, paint_sparse, tiny
 import pytest
 
 napari = pytest.importorskip("napari")
 
 from napari_connectomics.config import load_config  # noqa: E402
-from napari_connectomics.widgets import notify  # noqa: E402
 from napari_connectomics.widgets.session import session_for  # noqa: E402
 
 pytestmark = pytest.mark.gui
-
-TINY_MODEL = ["model.architecture=monai_basic_unet3d", "model.filters=[4,4,8,16,32,4]",
-              "training.val_patches=2"]
-WAIT_MS = 240_000
-
-
-def tiny(panel, tmp_path, steps=4, preview_every=0) -> None:
-    panel.patch_size.value = "16, 32, 32"
-    panel.batch_size.value = 1
-    panel.steps.value = steps
-    panel.preview_every.value = preview_every
-    panel.output_dir.value = str(tmp_path / "runs")
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    """Every error notification the panels show (notify_error goes through notify.show_error)."""
-    shown: list[str] = []
-
-    def record(message, *args, **kwargs):
-        shown.append(str(message))
-
-    monkeypatch.setattr(notify, "show_error", record)
-    return shown
-
-
-@pytest.fixture
-def setup(make_napari_viewer, tmp_path):
-    viewer = make_napari_viewer()
-    viewer.open_sample("napari-connectomics", "synthetic_em")
-    session_for(viewer).config = load_config(overrides=TINY_MODEL)
-    painted = paint_sparse(viewer)
-    _, panel = viewer.window.add_plugin_dock_widget("napari-connectomics", "Train")
-    tiny(panel, tmp_path)
-    yield viewer, panel, painted
-    if panel.job is not None:  # never leave a training thread behind the viewer
-        panel.stop_training()
-        panel.wait(120)
-
 
 def wait_idle(qtbot, panel, timeout=WAIT_MS) -> None:
     qtbot.waitUntil(lambda: not panel.running, timeout=timeout)
@@ -73,8 +33,8 @@ def test_panel_module_does_not_import_torch():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_defaults_follow_the_layers(setup):
-    viewer, panel, painted = setup
+def test_defaults_follow_the_layers(train_setup):
+    viewer, panel, painted = train_setup
     row = panel.pair_rows[0]
     assert row.image_combo.currentText() == "synthetic EM"
     assert row.labels_combo.currentText() == "painted"  # the newest Labels layer: the one being painted
@@ -88,8 +48,8 @@ def test_defaults_follow_the_layers(setup):
     assert row.labels_combo.currentText() == "renamed"
 
 
-def test_class_legend_selects_the_label_to_paint(setup, qtbot):
-    viewer, panel, painted = setup
+def test_class_legend_selects_the_label_to_paint(train_setup, qtbot):
+    viewer, panel, painted = train_setup
     legend = panel.legend
     assert [(legend.value_of(r.index), r.name.text()) for r in legend.rows] == [(1, "background"),
                                                                                  (2, "mitochondria")]
@@ -129,11 +89,11 @@ def _swatch_rgb(swatch) -> np.ndarray:
     return np.array([int(n) for n in numbers]) / 255
 
 
-def test_train_stop_continue_preview_and_stall(setup, qtbot, tmp_path, record_property):
+def test_train_stop_continue_preview_and_stall(train_setup, qtbot, tmp_path, record_property):
     """The whole workflow; the GUI thread's longest stall is measured with a 10 ms timer."""
     from qtpy.QtCore import Qt, QTimer
 
-    viewer, panel, painted = setup
+    viewer, panel, painted = train_setup
     session = session_for(viewer)
     image = viewer.layers["synthetic EM"]
     before = {layer.name: np.array(layer.data, copy=True) for layer in viewer.layers}
@@ -214,8 +174,8 @@ def test_train_stop_continue_preview_and_stall(setup, qtbot, tmp_path, record_pr
 
 @pytest.mark.parametrize("case", ["no labels layer", "shape mismatch", "empty annotations",
                                   "missing checkpoint", "crash in the worker", "out of memory"])
-def test_errors_are_notified_and_the_panel_stays_usable(setup, qtbot, errors, monkeypatch, case):
-    viewer, panel, painted = setup
+def test_errors_are_notified_and_the_panel_stays_usable(train_setup, qtbot, errors, monkeypatch, case):
+    viewer, panel, painted = train_setup
     expected = {
         "no labels layer": "pick the Labels layer",
         "shape mismatch": "pick the Labels layer painted on this image",
@@ -231,7 +191,7 @@ def test_errors_are_notified_and_the_panel_stays_usable(setup, qtbot, errors, mo
         panel.pair_rows[0].labels_combo.setCurrentText(viewer.add_labels(np.zeros((32, 64, 64), np.uint8)).name)
     elif case == "empty annotations":
         panel.pair_rows[0].labels_combo.setCurrentText(
-            viewer.add_labels(np.zeros(painted.data.shape, np.uint8), name="empty").name)
+            viewer.add_labels(np.zeros(painted.data.shape, np.uint8), name="empty", scale=painted.scale).name)
     elif case == "missing checkpoint":
         panel.start.value = "checkpoint"
         panel.checkpoint.value = "/nowhere/model.ckpt"
@@ -262,8 +222,8 @@ def test_errors_are_notified_and_the_panel_stays_usable(setup, qtbot, errors, mo
         np.testing.assert_array_equal(viewer.layers[name].data, data)
 
 
-def test_validation_from_a_second_labels_layer(setup, qtbot, tmp_path):
-    viewer, panel, painted = setup
+def test_validation_from_a_second_labels_layer(train_setup, qtbot, tmp_path):
+    viewer, panel, painted = train_setup
     val = paint_sparse(viewer, sections=(20, 22), name="validation")
     panel.pair_rows[0].labels_combo.setCurrentText("painted")
     panel.validation.value = "labels"
@@ -277,10 +237,10 @@ def test_validation_from_a_second_labels_layer(setup, qtbot, tmp_path):
     assert panel.loss_plot.points("val")
 
 
-def test_files_on_disk(setup, tmp_path):
+def test_files_on_disk(train_setup, tmp_path):
     import h5py
 
-    viewer, panel, painted = setup
+    viewer, panel, painted = train_setup
     stack = tmp_path / "stack.h5"
     with h5py.File(stack, "w") as f:
         f["raw"] = viewer.layers["synthetic EM"].data

@@ -7,67 +7,22 @@ import os
 import signal
 
 import numpy as np
-from conftest import paint_sparse
-import psutil
+from conftest import LONG_RUN, WAIT_MS, workers
 import pytest
 
 napari = pytest.importorskip("napari")
 
-from napari_connectomics.config import load_config  # noqa: E402
 from napari_connectomics.widgets.train_worker import ERROR_MEMORY, ERROR_USER  # noqa: E402
 from napari_connectomics.widgets import notify  # noqa: E402
 from napari_connectomics.widgets.errors import UserError  # noqa: E402
 from napari_connectomics.widgets.session import session_for  # noqa: E402
-from napari_connectomics.widgets.worker_client import WORKER_MODULE, worker_error  # noqa: E402
+from napari_connectomics.widgets.worker_client import worker_error  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
-TINY_MODEL = ["model.architecture=monai_basic_unet3d", "model.filters=[4,4,8,16,32,4]", "training.val_patches=2"]
-WAIT_MS = 240_000
 
-
-def workers() -> list[psutil.Process]:
-    """Live training worker processes started by this test process."""
-    found = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE and WORKER_MODULE in " ".join(child.cmdline()):
-                found.append(child)
-        except psutil.NoSuchProcess:
-            pass
-    return found
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    shown: list[str] = []
-    monkeypatch.setattr(notify, "show_error", lambda message, *a, **k: shown.append(str(message)))
-    return shown
-
-
-@pytest.fixture
-def setup(make_napari_viewer, tmp_path):
-    viewer = make_napari_viewer()
-    viewer.open_sample("napari-connectomics", "synthetic_em")
-    session_for(viewer).config = load_config(overrides=TINY_MODEL)
-    painted = paint_sparse(viewer)
-    _, panel = viewer.window.add_plugin_dock_widget("napari-connectomics", "Train")
-    panel.patch_size.value = "16, 32, 32"
-    panel.batch_size.value = 1
-    panel.steps.value = 2000
-    panel.preview_every.value = 0
-    panel.output_dir.value = str(tmp_path / "runs")
-    yield viewer, panel, painted
-    if panel.job is not None and panel.running:
-        try:
-            panel.stop_training()
-        except RuntimeError:  # the viewer (and the panel) were closed: the worker ended with it
-            pass
-        panel.wait(120)
-
-
-def test_the_first_train_runs_in_the_worker_process(setup, qtbot, errors):
-    viewer, panel, painted = setup
+def test_the_first_train_runs_in_the_worker_process(train_setup, qtbot, errors):
+    viewer, panel, painted = train_setup
     assert panel.train_in_process and panel.worker.alive  # started when the panel opened
     panel.steps.value = 3
     panel.train_button.click()
@@ -80,8 +35,9 @@ def test_the_first_train_runs_in_the_worker_process(setup, qtbot, errors):
     assert session_for(viewer).checkpoint in (str(result.last_checkpoint), str(result.best_checkpoint))
 
 
-def test_a_killed_worker_is_one_notification_and_the_next_train_works(setup, qtbot, errors):
-    viewer, panel, painted = setup
+def test_a_killed_worker_is_one_notification_and_the_next_train_works(train_setup, qtbot, errors):
+    viewer, panel, painted = train_setup
+    panel.steps.value = LONG_RUN
     panel.train_button.click()
     qtbot.waitUntil(lambda: len(panel.loss_plot.points("train")) >= 1, timeout=WAIT_MS)
     os.kill(panel.worker_pid, signal.SIGKILL)
@@ -99,8 +55,9 @@ def test_a_killed_worker_is_one_notification_and_the_next_train_works(setup, qtb
     assert panel.last_result.global_step == 2 and panel.worker_pid not in (killed, os.getpid())
 
 
-def test_closing_the_viewer_during_a_run_leaves_no_process(setup, qtbot):
-    viewer, panel, painted = setup
+def test_closing_the_viewer_during_a_run_leaves_no_process(train_setup, qtbot):
+    viewer, panel, painted = train_setup
+    panel.steps.value = LONG_RUN
     panel.train_button.click()
     qtbot.waitUntil(lambda: len(panel.loss_plot.points("train")) >= 1, timeout=WAIT_MS)
     pid = panel.worker_pid
@@ -110,8 +67,9 @@ def test_closing_the_viewer_during_a_run_leaves_no_process(setup, qtbot):
     qtbot.waitUntil(lambda: pid not in [p.pid for p in workers()], timeout=30_000)
 
 
-def test_annotations_edited_during_a_run_reach_the_worker(setup, qtbot):
-    viewer, panel, painted = setup
+def test_annotations_edited_during_a_run_reach_the_worker(train_setup, qtbot):
+    viewer, panel, painted = train_setup
+    panel.steps.value = LONG_RUN
     panel.train_button.click()
     qtbot.waitUntil(lambda: panel.worker_annotated is not None, timeout=WAIT_MS)
     before = panel.worker_annotated

@@ -101,6 +101,13 @@ class BackgroundJob:
         """Deliver nothing more: the widget that listened is gone (its Qt objects are deleted)."""
         self._on_events = self._on_done = self._on_error = None
 
+    def redirect(self, on_done: Callable[[Any], None] | None = None,
+                 on_error: Callable[[BaseException], None] | None = None) -> None:
+        """Deliver no more events, and the outcome to these instead: the widget that listened is
+        going, but the outcome still matters (e.g. the checkpoint of a training stopped with it)."""
+        self._on_events = None
+        self._on_done, self._on_error = on_done, on_error
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the work thread has ended (for tests and shutdown); True if it has."""
         if self._thread is None:

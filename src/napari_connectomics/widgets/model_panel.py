@@ -39,6 +39,7 @@ from qtpy.QtWidgets import (
 from ..config import ConfigError, load_config, save_config
 from ..models.architectures.registry import get_architecture_spec, list_architectures
 from .background import BackgroundJob
+from .dock_watch import watch_dock
 from .forms import knob_widget
 from .model_options import (
     FIELD_LABELS,
@@ -128,6 +129,7 @@ class ModelPanel(QWidget):
             _forget_session, self.session, [(self.session.events.config, self._on_session_config),
                                             (self.session.events.training, self._on_training_changed)],
             self._mark_dead, self.engine, id(self)))
+        self.dock_watch = watch_dock(self)  # its dock closed: the panel goes (and lets the worker go)
 
     # --- layout -------------------------------------------------------------------------------
 

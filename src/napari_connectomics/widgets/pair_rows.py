@@ -19,7 +19,8 @@ from qtpy.QtWidgets import (
 
 from .notify import UserError
 
-__all__ = ["PairRow", "image_source", "refill_combo", "snapshot_image", "snapshot_labels", "voxel_size_of"]
+__all__ = ["PairRow", "image_source", "labels_box", "refill_combo", "snapshot_image", "snapshot_labels",
+           "spatial_data", "voxel_size_of"]
 
 _REFERENCE_SUFFIXES = (".tif", ".tiff", ".npy")
 
@@ -31,12 +32,48 @@ def snapshot_labels(layer: Any) -> np.ndarray:
     return np.array(layer.data, copy=True)
 
 
-def snapshot_image(layer: Any) -> Any:
-    """An in-memory image is copied; a lazy one (dask/zarr over a file) is read-only and kept as is."""
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+def snapshot_image(layer: Any, box: tuple[slice, ...] | None = None) -> Any:
+    """An in-memory image is copied; a lazy one (dask/zarr over a file) is read-only and kept as is.
+    With ``box`` (spatial slices, see :func:`labels_box`), only that part, read into memory: of a
+    lazy volume, only the chunks under it are read."""
+    data = spatial_data(layer)
     if getattr(layer, "rgb", False):
         raise UserError(f"{layer.name} is an RGB image; convert it to a greyscale volume first")
+    if box is not None:
+        return np.array(data[(Ellipsis, *box)], copy=True)
     return data.copy() if isinstance(data, np.ndarray) else data
+
+
+def spatial_data(layer: Any) -> Any:
+    """A layer's full-resolution data (the first level of a multiscale layer)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def labels_box(image: Any, labels: Any, tolerance: float = 1e-3) -> tuple[slice, ...] | None:
+    """The image voxels under a Labels layer smaller than its Image layer, or None.
+
+    A Labels layer painted over part of a large image (e.g. a crop with its offset, over a lazy
+    volume) trains with that part of the image: it must have the image's scale and lie on its
+    voxel grid (its translate a whole number of voxels from the image's), inside it. Anything else
+    (same shape, another scale, off the grid, outside) is None: the pair is checked as it is.
+    """
+    label_shape = tuple(int(n) for n in np.shape(labels.data))
+    ndim = len(label_shape)
+    image_shape = tuple(int(n) for n in np.shape(spatial_data(image)))[-ndim:]
+    if ndim == 0 or len(image_shape) != ndim or label_shape == image_shape:
+        return None
+    scale = np.asarray(image.scale, dtype=float)[-ndim:]
+    if not np.allclose(np.asarray(labels.scale, dtype=float)[-ndim:], scale, rtol=tolerance, atol=0):
+        return None
+    shift = np.asarray(labels.translate, dtype=float)[-ndim:] - np.asarray(image.translate, dtype=float)[-ndim:]
+    offset = shift / scale
+    start = np.round(offset)
+    if not np.allclose(offset, start, atol=tolerance):
+        return None
+    stop = start + np.asarray(label_shape)
+    if np.any(start < 0) or np.any(stop > np.asarray(image_shape)):
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
 
 
 def image_source(layer: Any) -> str | None:

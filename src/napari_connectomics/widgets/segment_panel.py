@@ -34,6 +34,7 @@ from ..progress import Progress
 from ..registry import POSTPROCESSORS
 from .background import BackgroundJob
 from .compat import viewer_camera
+from .dock_watch import watch_dock
 from .forms import ConfigForm
 from .live_feedback import PREVIEW_MARK
 from .notify import UserError, describe_error, notify_error, show_info, show_warning
@@ -131,6 +132,7 @@ class SegmentPanel(QWidget):
             self.engine.hold(self)
         self._build()
         self._connect()
+        self.dock_watch = watch_dock(self)  # its dock closed: the panel goes (and lets the worker go)
         self.refresh_recent()
         self._offer_session_checkpoint()
         self._update_state()

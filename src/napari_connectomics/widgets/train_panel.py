@@ -15,6 +15,14 @@ checkpoint, Continue resumes it. The worker also times a training step of the pa
 A run started here is reproducible: its folder holds ``config.yaml`` and the annotations it
 trained on (see :mod:`.training_request`), so ``napari-connectomics train --config
 <run>/config.yaml`` repeats it. The user's layers are copied before training and never modified.
+
+Under changing state: a Labels layer smaller than its image, lying on the image's voxels (e.g. a
+crop over a large lazy volume), trains on the part of the image under it (only that part is read);
+labels at another scale or offset than their image are refused up front. A layer of a running
+training removed or replaced is said once (the run goes on with what it took); a second Train
+panel of the viewer (the combined dock) waits while this one trains; closing the panel's dock
+stops its run with a checkpoint, one notification says where, and the engine worker is let go
+(see :class:`_RunGuard` and :mod:`.dock_watch`).
 """
 
 from __future__ import annotations
@@ -48,11 +56,20 @@ from .background import BackgroundJob
 from .class_legend import ClassLegend
 from .compat import viewer_camera
 from .defaults import fit_patch
+from .dock_watch import watch_dock
 from .forms import knob_value, knob_widget
 from .live_feedback import PREVIEW_MARK, PREVIEW_SECONDS, PreviewUpdate, WeightsSaved
 from .loss_plot import LossPlot
 from .notify import UserError, describe_error, notify_error, show_info, show_warning
-from .pair_rows import PairRow, image_source, refill_combo, snapshot_image, snapshot_labels, voxel_size_of
+from .pair_rows import (
+    PairRow,
+    image_source,
+    labels_box,
+    refill_combo,
+    snapshot_image,
+    snapshot_labels,
+    voxel_size_of,
+)
 from .step_probe import probe_config, probe_key, slow_start_warning
 from .train_worker import import_engine
 from .worker_client import WorkerAnnotations, WorkerDied, engine_for, quick_request, use_worker
@@ -110,6 +127,29 @@ TRAIN_IN_PROCESS = use_worker()
 ANNOTATION_SEND_MS = 500  # labels repainted during a run go to the worker this long after the last stroke
 PROBE_DEBOUNCE_MS = 700  # the step time is measured again this long after the last knob edit
 WARNING_STYLE = "color: #e0a040;"
+# The dock closed during a run: the run stops after the step in flight and saves its checkpoint; the
+# engine worker is let go when it has (or after this long, whatever the run does).
+CLOSE_STOP_SECONDS = 300.0
+ELSEWHERE = ("Another Train panel of this viewer is training: stop it there, or wait for it, to train "
+             "here.")
+
+
+def _text(shape: Any) -> str:
+    return "x".join(str(int(n)) for n in shape)
+
+
+def _floats(values: Any) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)
+
+
+def _unwrap(obj: Any) -> Any:
+    """The object behind a proxy: napari hands plugins proxies of the viewer, and each lookup of a
+    layer (or of its events) gives another proxy object."""
+    return getattr(obj, "__wrapped__", obj)
+
+
+def _same_layer(a: Any, b: Any) -> bool:
+    return a is not None and b is not None and _unwrap(a) is _unwrap(b)
 
 
 def _default_output_dir() -> str:
@@ -141,6 +181,82 @@ class _FinishedRun:
     last_checkpoint: Path
     preview_every: int
     preview_layer: str | None = None  # the image layer the previews are drawn over
+    preview_box: tuple[slice, ...] | None = None  # the part of it trained on (labels smaller than the image)
+
+
+@dataclass
+class _RunLayer:
+    """A layer a running training was started from: what the panel says when it goes or changes."""
+
+    layer: Any
+    role: str  # "image" or "labels"
+    index: int  # the pair
+    told: bool = False  # the user was told (once per layer and run)
+
+
+class _RunGuard:
+    """What the panel's end does to its run and its hold on the engine worker.
+
+    Kept off the Qt object: ``destroyed`` fires when the panel's widgets are already deleted. The
+    viewer closed: the run ends at once with the worker. The user closed the panel's dock
+    (:meth:`close`): the run stops after the step in flight and saves its checkpoint, the session
+    gets it (one notification says where), then the worker is let go.
+    """
+
+    def __init__(self, worker: Any, holder: int, session: Any) -> None:
+        self.worker, self.holder, self.session = worker, holder, session
+        self.job: BackgroundJob | None = None
+        self.ended = False
+
+    def panel_destroyed(self, *_: Any) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        job = self.job
+        if job is not None and job.running:
+            job.detach()
+            job.stop()
+        self.worker.release(self.holder)  # the viewer's last panel gone: the worker ends
+
+    def close(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        job = self.job
+        if job is None or not job.running:
+            self.worker.release(self.holder)
+            return
+        job.redirect(on_done=self._stopped, on_error=self._failed)
+        job.stop()
+        if self.session.busy == JOB_NAME:
+            self.session.training = TRAINING_STOPPING
+        threading.Thread(target=self._release_after, args=(job,), name="connectomics-close", daemon=True).start()
+
+    def _release_after(self, job: BackgroundJob) -> None:
+        job.wait(CLOSE_STOP_SECONDS)
+        self.worker.release(self.holder)
+
+    def _stopped(self, outcome: Any) -> None:
+        _, result = outcome
+        checkpoint = result.best_checkpoint or result.last_checkpoint
+        self.session.run_dir = str(result.run_dir)
+        if checkpoint is not None:
+            self.session.checkpoint = str(checkpoint)
+        self._idle()
+        where = (f"checkpoint {checkpoint} (open Train to fine-tune from it, or Segment with it)"
+                 if checkpoint is not None else "no checkpoint was saved; open Train to start again")
+        show_info(f"The Train panel was closed: training stopped at step {result.global_step}; {where}")
+
+    def _failed(self, error: BaseException) -> None:
+        self._idle()
+        if not (isinstance(error, WorkerDied) and (error.expected or not error.announce)):
+            notify_error(error, "Training")
+
+    def _idle(self) -> None:
+        if self.session.busy == JOB_NAME:
+            self.session.busy = ""
+        self.session.snapshot_wanted = False
+        self.session.training = ""
 
 
 class TrainPanel(QWidget):
@@ -192,24 +308,23 @@ class TrainPanel(QWidget):
         self.worker_labels_applied = 0  # repainted labels the running training has swapped in
         self._latest_preview: PreviewUpdate | None = None
         self._outbox: queue.Queue[tuple[str, Any]] = queue.Queue()  # messages to the running worker
-        self._watched: list[Any] = []  # labels layers whose edits go to the worker during a run
-        self._dirty: set[int] = set()
+        self._watched: list[Any] = []  # (emitter, callback) on the layers of the running training
+        self._dirty: set[int] = set()  # pairs whose labels were repainted since last sent
+        self._run_label_shapes: dict[int, tuple[int, ...]] = {}  # the labels the last run started with
         self._annotation_timer = QTimer(self)
         self._annotation_timer.setSingleShot(True)
         self._annotation_timer.setInterval(ANNOTATION_SEND_MS)
         self._annotation_timer.timeout.connect(self._send_annotations)
-        # Closing the panel (or napari) stops a run: the training must not outlive its GUI.
-        running_job: list[BackgroundJob | None] = [None]
-        self._running_job = running_job
-        worker, holder = self.worker, id(self)
-
-        def on_destroyed(*_: Any) -> None:
-            if running_job[0] is not None:
-                running_job[0].detach()
-                running_job[0].stop()
-            worker.release(holder)  # the viewer's last panel gone: the worker ends
-
-        self.destroyed.connect(on_destroyed)
+        self._run_layers: list[_RunLayer] = []  # the layers the running training was started from
+        self._preview_box: tuple[slice, ...] | None = None  # the part of the preview image trained on
+        self._elsewhere = False  # another Train panel of the viewer is training
+        self._status_before = ""
+        self._viewer_slots: list[tuple[Any, Any]] = []  # (emitter, callback) to drop when the dock closes
+        # Closing napari stops a run at once; closing the panel's dock stops it with a checkpoint:
+        # the training must not outlive its GUI.
+        guard = self._guard = _RunGuard(self.worker, id(self), self.session)
+        self.destroyed.connect(lambda *_: guard.panel_destroyed())
+        self.dock_watch = watch_dock(self, self._on_dock_closed)
         if self.train_in_process:
             self.worker.hold(self)  # starts it now: it imports torch while the user paints
         self._build()
@@ -300,7 +415,6 @@ class TrainPanel(QWidget):
         self.checkpoint.tooltip = "the checkpoint to fine-tune (default: the latest of this session)"
         self.start.changed.connect(lambda value: self.checkpoint.native.setEnabled(value == "checkpoint"))
         self.checkpoint.native.setEnabled(False)
-        self.session.events.checkpoint.connect(self._on_session_checkpoint)
         form.addRow("model", self.start.native)
         form.addRow("checkpoint", self.checkpoint.native)
         return box
@@ -381,16 +495,44 @@ class TrainPanel(QWidget):
 
     def _connect_viewer(self) -> None:
         layers = self.viewer.layers
-        layers.events.inserted.connect(self._on_layer_inserted)
-        layers.events.removed.connect(self._refresh_layers)
-        layers.events.reordered.connect(self._refresh_layers)
+        for emitter, callback in (
+                (layers.events.inserted, self._on_layer_inserted),
+                (layers.events.removed, self._on_layer_removed),
+                (layers.events.reordered, self._refresh_layers),
+                (self.viewer.dims.events.current_step, self._track_view),
+                (viewer_camera(self.viewer).events.center, self._track_view),
+                (self.session.events.busy, self._on_busy),
+                (self.session.events.config, self._on_session_config),
+                (self.session.events.snapshot_wanted, self._on_snapshot_wanted),
+                (self.session.events.checkpoint, self._on_session_checkpoint)):
+            self._listen(emitter, callback)
         for layer in layers:
-            layer.events.name.connect(self._refresh_layers)
-        self.viewer.dims.events.current_step.connect(self._track_view)
-        viewer_camera(self.viewer).events.center.connect(self._track_view)
-        self.session.events.busy.connect(self._on_busy)
-        self.session.events.config.connect(self._on_session_config)
-        self.session.events.snapshot_wanted.connect(self._on_snapshot_wanted)
+            self._listen(layer.events.name, self._refresh_layers)
+
+    def _listen(self, emitter: Any, callback: Any) -> None:
+        if not any(_unwrap(e) is _unwrap(emitter) and c == callback for e, c in self._viewer_slots):
+            emitter.connect(callback)
+            self._viewer_slots.append((emitter, callback))
+
+    def _disconnect_viewer(self) -> None:
+        for emitter, callback in self._viewer_slots:
+            try:
+                emitter.disconnect(callback)
+            except Exception:  # already gone with its layer
+                pass
+        self._viewer_slots = []
+
+    def _on_dock_closed(self) -> None:
+        """The user closed the panel's dock (it is deleted next): a run stops with a checkpoint
+        (see _RunGuard.close), and the panel stops hearing the viewer, whose layers live on."""
+        self._disconnect_viewer()
+        self._unwatch_run_layers()
+        self.legend.set_layer(None)
+        self._annotation_timer.stop()
+        self._probe_timer.stop()
+        self._finish_progress()
+        self._release_switch_interval()
+        self._guard.close()
 
     def _on_busy(self, busy: str = "") -> None:
         try:
@@ -435,8 +577,25 @@ class TrainPanel(QWidget):
         self.patch_size.value = ", ".join(str(n) for n in fitted)
 
     def _on_layer_inserted(self, event: Any) -> None:
-        event.value.events.name.connect(self._refresh_layers)
+        self._listen(event.value.events.name, self._refresh_layers)
         self._refresh_layers()
+
+    def _on_layer_removed(self, event: Any) -> None:
+        layer = getattr(event, "value", None)
+        if layer is not None:
+            emitter = layer.events.name
+            self._viewer_slots = [(e, c) for e, c in self._viewer_slots if _unwrap(e) is not _unwrap(emitter)]
+            try:
+                emitter.disconnect(self._refresh_layers)
+            except Exception:  # never connected
+                pass
+        self._refresh_layers()
+        for run_layer in self._run_layers:
+            if _same_layer(run_layer.layer, layer):
+                self._run_layer_gone(run_layer, "was removed from the viewer")
+
+    def _in_viewer(self, layer: Any) -> bool:
+        return any(_same_layer(layer, other) for other in self.viewer.layers)
 
     def _layer_names(self, kind: str) -> list[str]:
         import napari
@@ -501,7 +660,8 @@ class TrainPanel(QWidget):
     def _track_view(self, event: Any = None) -> None:
         """Remember the viewed section and centre in the first image's data coordinates; the
         training thread's preview reads them (plain attributes: no locking, no Qt)."""
-        layer = self._preview_source or self._first_image_layer()
+        # a run previews its source (none after it was removed or changed); else the first image
+        layer = self._preview_source if self.running else self._preview_source or self._first_image_layer()
         if layer is None:
             return
         try:
@@ -512,6 +672,9 @@ class TrainPanel(QWidget):
             data = np.asarray(layer.world_to_data(point[-layer.ndim:]), dtype=float)
         except Exception:  # a layer being removed mid-event: keep the last position
             return
+        box = self._preview_box if _same_layer(layer, self._preview_source) else None
+        if box is not None:  # the run previews the part of the image under its labels
+            data[-len(box):] -= [s.start for s in box]
         if layer.ndim >= 3:
             self.preview_target.z = int(round(data[-3]))
         self.preview_target.y, self.preview_target.x = int(round(data[-2])), int(round(data[-1]))
@@ -587,11 +750,12 @@ class TrainPanel(QWidget):
     def collect_choices(self) -> TrainChoices:
         """The panel's state as :class:`TrainChoices`, with private copies of the layers' data."""
         pairs = [self._pair_choice(row) for row in self.pair_rows]
-        val_label = None
+        val_label, val_scale, val_translate = None, (), ()
         if self.validation.value == "labels":
             layer = self._layer(self.val_labels.currentText())
             if layer is not None:
                 val_label = snapshot_labels(layer)
+                val_scale, val_translate = _floats(layer.scale), _floats(layer.translate)
         knobs: dict[str, dict[str, Any]] = {"training": {"output_dir": str(self.output_dir.value)}}
         try:
             for attribute, (section, name, _) in KNOBS.items():
@@ -600,7 +764,7 @@ class TrainPanel(QWidget):
             raise UserError(str(err)) from None
         return TrainChoices(
             pairs=pairs, knobs=knobs, classes=self.legend.class_names(), validation=self.validation.value,
-            val_label=val_label, start=self.start.value,
+            val_label=val_label, val_scale=val_scale, val_translate=val_translate, start=self.start.value,
             checkpoint=str(self.checkpoint.value) if str(self.checkpoint.value) not in ("", ".") else None,
             preview_every=int(self.preview_every.value))
 
@@ -614,9 +778,17 @@ class TrainPanel(QWidget):
         if image is None or labels is None:
             return PairChoice(name=number, image=None if image is None else image.data,
                               label=None if labels is None else labels.data)
+        placement = {"label_scale": _floats(labels.scale), "label_translate": _floats(labels.translate)}
+        box = labels_box(image, labels)
+        if box is not None:  # labels over part of the image (a crop of a large volume): train on that part
+            crop = snapshot_image(image, box)
+            origin = tuple(s.start for s in box)
+            translate = _floats(image.translate)[:-len(box)] + _floats(labels.translate)[-len(box):]
+            return PairChoice(name=labels.name, image=crop, label=snapshot_labels(labels), scale=_floats(image.scale),
+                              translate=translate, origin=origin, **placement)
         return PairChoice(name=labels.name, image=snapshot_image(image), label=snapshot_labels(labels),
-                          image_source=image_source(image), scale=tuple(float(s) for s in image.scale),
-                          translate=tuple(float(t) for t in image.translate))
+                          image_source=image_source(image), scale=_floats(image.scale),
+                          translate=_floats(image.translate), **placement)
 
     # --- running ---------------------------------------------------------------------------------
     @property
@@ -627,7 +799,11 @@ class TrainPanel(QWidget):
         """Train a new run from the annotations as they are now; False (and a notification) if the
         choices cannot work."""
         if self.running or self.session.busy:
-            show_warning(f"the {self.session.busy or JOB_NAME} job is still running; wait for it or stop it")
+            if self.session.busy == JOB_NAME and not self.running:
+                show_warning("a training is still running in another Train panel of this viewer; stop it there "
+                             "or wait for it")
+            else:
+                show_warning(f"the {self.session.busy or JOB_NAME} job is still running; wait for it or stop it")
             return False
         try:
             choices = self.collect_choices()
@@ -637,6 +813,11 @@ class TrainPanel(QWidget):
             notify_error(error, "Train")
             return False
         self._preview_source = self._first_image_layer()
+        first = choices.pairs[0]
+        self._preview_box = tuple(slice(o, o + n) for o, n in zip(first.origin, np.shape(first.label))) if (
+            first.origin and self._preview_source is not None) else None
+        self._run_label_shapes = {k: tuple(np.shape(pair.label)) for k, pair in enumerate(choices.pairs)
+                                  if not pair.from_files}
         self._track_view()
         preview_every = choices.preview_every if self._preview_source is not None else 0
         target = self.preview_target
@@ -675,6 +856,7 @@ class TrainPanel(QWidget):
         prepared = finished.prepared
         prepared.cfg = continue_config(prepared.cfg, finished.global_step, int(self.steps.value))
         self._preview_source = self._layer(finished.preview_layer or "") if finished.preview_every else None
+        self._preview_box = finished.preview_box if self._preview_source is not None else None
         self._track_view()
         target = self.preview_target
         snapshot = self._snapshot_request = threading.Event()
@@ -682,7 +864,7 @@ class TrainPanel(QWidget):
             source = self._preview_source
             request = {"prepared": prepared, "resume": finished.last_checkpoint, "first_step": finished.global_step,
                        "preview_every": finished.preview_every,
-                       "preview_image": snapshot_image(source) if source is not None else None}
+                       "preview_image": snapshot_image(source, self._preview_box) if source is not None else None}
             self._launch(self._worker_work(request, target, snapshot), int(self.steps.value),
                          first_step=finished.global_step, preview_every=finished.preview_every)
             # Labels painted since the run stopped train from the continued run's first step on.
@@ -711,16 +893,23 @@ class TrainPanel(QWidget):
 
         return work
 
-    # --- labels repainted during a run (worker mode) ---------------------------------------------
-    def _watch_annotations(self) -> None:
+    # --- the layers of a run: labels repainted (worker mode), layers removed or replaced ---------
+    def _watch_run_layers(self) -> None:
+        """Hear what happens to the layers the run was started from: labels repainted go to the
+        worker (which trains on them from its next step); a layer removed, or replaced by other data,
+        is said once (the run goes on with what it took when Train was pressed)."""
+        self._unwatch_run_layers()
         for index, row in enumerate(self.pair_rows if self.source.value == "layers" else []):
-            layer = self._layer(row.labels_combo.currentText())
-            if layer is None:
-                continue
-            callback = self._annotation_callback(index)
-            for name in ("paint", "data"):
-                emitter = getattr(layer.events, name, None)
-                if emitter is not None:
+            for role, combo in (("image", row.image_combo), ("labels", row.labels_combo)):
+                layer = self._layer(combo.currentText())
+                if layer is None:
+                    continue
+                run_layer = _RunLayer(layer, role, index)
+                self._run_layers.append(run_layer)
+                callbacks = [(layer.events.data, self._data_callback(run_layer))]
+                if role == "labels" and self.train_in_process:
+                    callbacks.append((layer.events.paint, self._annotation_callback(index)))
+                for emitter, callback in callbacks:
                     emitter.connect(callback)
                     self._watched.append((emitter, callback))
 
@@ -730,21 +919,62 @@ class TrainPanel(QWidget):
             self._annotation_timer.start()  # restarts: sent once the strokes pause
         return edited
 
-    def _unwatch_annotations(self) -> None:
+    def _data_callback(self, run_layer: _RunLayer) -> Any:
+        def replaced(event: Any = None) -> None:
+            if run_layer.role == "labels":
+                shape = tuple(np.shape(run_layer.layer.data))
+                trained = self._run_label_shapes.get(run_layer.index, shape)
+                if shape == trained:  # new labels on the same voxels: as if repainted
+                    if self.train_in_process:
+                        self._annotation_callback(run_layer.index)()
+                    return
+                self._run_layer_gone(run_layer, f"changed shape ({_text(trained)} -> {_text(shape)})")
+            else:
+                self._run_layer_gone(run_layer, "changed")
+        return replaced
+
+    def _run_layer_gone(self, run_layer: _RunLayer, what: str) -> None:
+        """Say once that a layer of the running training was removed or replaced: the run goes
+        on with what it took (the image as it was, the labels it has); no previews over a changed
+        image, no labels of another shape sent to the worker."""
+        if not self.running or run_layer.told:
+            return
+        run_layer.told = True
+        name, removed = run_layer.layer.name, what.startswith("was removed")
+        if run_layer.role == "image":
+            kept = "the image as it was when Train was pressed"
+            if _same_layer(self._preview_source, run_layer.layer):
+                self._preview_source = None
+                kept += ", without previews" if self._launched_preview_every else ""
+        else:
+            kept = "the labels it has"
+            self._dirty.discard(run_layer.index)
+        then = "press Stop to end it" if removed else f"press Stop, then Train to train on the new {run_layer.role}"
+        show_warning(f"'{name}' {what} during training: the run goes on with {kept}; {then}")
+
+    def _unwatch_run_layers(self) -> None:
         self._annotation_timer.stop()
         for emitter, callback in self._watched:
-            emitter.disconnect(callback)
-        self._watched, self._dirty = [], set()
+            try:
+                emitter.disconnect(callback)
+            except Exception:  # the layer is gone
+                pass
+        self._watched, self._dirty, self._run_layers = [], set(), []
 
     def _send_annotations(self) -> None:
         """Copy the repainted labels for the worker (the relay thread sends them)."""
         if not self.running or not self.train_in_process:
             return
         for index in sorted(self._dirty):
-            layer = self._layer(self.pair_rows[index].labels_combo.currentText()) if index < len(
-                self.pair_rows) else None
-            if layer is not None:
-                self._outbox.put(("labels", (index, snapshot_labels(layer))))
+            run_layer = next((r for r in self._run_layers if r.role == "labels" and r.index == index), None)
+            if run_layer is None or run_layer.told or not self._in_viewer(run_layer.layer):
+                continue
+            layer = run_layer.layer
+            trained = self._run_label_shapes.get(index)
+            if trained is not None and tuple(np.shape(layer.data)) != trained:
+                self._run_layer_gone(run_layer, f"changed shape ({_text(trained)} -> {_text(np.shape(layer.data))})")
+                continue
+            self._outbox.put(("labels", (index, snapshot_labels(layer))))
         self._dirty = set()
 
     def stop_training(self) -> None:
@@ -767,17 +997,18 @@ class TrainPanel(QWidget):
         self.worker_labels_applied = 0
         self.job = BackgroundJob(work, on_events=self._on_events, on_done=self._on_done, on_error=self._on_error,
                                  name="connectomics-train")
-        self._running_job[0] = self.job
+        self._guard.job = self.job
+        self.dock_watch.attach()  # docked by now (in the combined dock too): closing it stops the run
+        self._watch_run_layers()
+        if not self.train_in_process:
+            self._hold_switch_interval()
+        self.status.setText("Preparing the annotations…")
+        self.job.start()
+        # busy once running: other Train panels of the viewer then know the run is not theirs
         self.session.busy = JOB_NAME
         self.session.training = TRAINING_RUNNING
         if self.session.snapshot_wanted:  # Segment was pressed just before: serve it with this run
             self._snapshot_request.set()
-        if self.train_in_process:
-            self._watch_annotations()
-        else:
-            self._hold_switch_interval()
-        self.status.setText("Preparing the annotations…")
-        self.job.start()
         self._update_buttons()
 
     # --- events from the training thread (GUI thread) -------------------------------------------
@@ -831,6 +1062,9 @@ class TrainPanel(QWidget):
             return
         scale = np.asarray(source.scale, dtype=float)
         offset = np.asarray(update.offset, dtype=float)[-source.ndim:]
+        if self._preview_box is not None:  # the preview is of the part of the image under the labels
+            starts = [s.start for s in self._preview_box][-len(offset):]
+            offset[len(offset) - len(starts):] += starts
         translate = np.asarray(source.translate, dtype=float) + offset * scale
         added = False
         for suffix, data, style in (
@@ -879,7 +1113,8 @@ class TrainPanel(QWidget):
         if result.last_checkpoint is not None:
             source = self._preview_source.name if self._preview_source is not None else None
             self._finished = _FinishedRun(prepared, int(result.global_step), Path(result.last_checkpoint),
-                                          self._launched_preview_every, source)
+                                          self._launched_preview_every, source,
+                                          self._preview_box if source is not None else None)
         how = "Stopped" if result.stopped else "Finished"
         self.status.setText(f"{how} at step {result.global_step}. Checkpoint: {checkpoint}")
         show_info(f"Training {how.lower()} at step {result.global_step}; run folder {result.run_dir}")
@@ -906,9 +1141,10 @@ class TrainPanel(QWidget):
 
     def _end_job(self) -> None:
         self._release_switch_interval()
-        self._unwatch_annotations()
+        self._unwatch_run_layers()
         self._stopping = False
         self._preview_source = None
+        self._preview_box = None
         self._last_status = ""
         self._snapshot_request.clear()
         if self.session.busy == JOB_NAME:
@@ -924,12 +1160,20 @@ class TrainPanel(QWidget):
             self.progress_bar = None
 
     def _update_buttons(self) -> None:
-        """No double start; Stop only while running; Continue only with a finished run to resume."""
+        """No double start (here, or in another Train panel of the viewer while this one trains);
+        Stop only while running; Continue only with a finished run to resume."""
         running = self.running
-        other_busy = bool(self.session.busy) and self.session.busy != JOB_NAME
+        other_busy = bool(self.session.busy) and not running
         self.train_button.setEnabled(not running and not other_busy)
         self.stop_button.setEnabled(running and not self._stopping)
         self.continue_button.setEnabled(not running and not other_busy and self._finished is not None)
+        elsewhere = self.session.busy == JOB_NAME and not running  # another Train panel's run
+        if elsewhere and not self._elsewhere:
+            self._status_before = self.status.text()
+            self.status.setText(ELSEWHERE)
+        elif self._elsewhere and not elsewhere and self.status.text() == ELSEWHERE:
+            self.status.setText(self._status_before)
+        self._elsewhere = elsewhere
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the training thread has ended (tests, shutdown); events still need the GUI loop."""

@@ -90,6 +90,10 @@ class PairChoice:
 
     ``image_source`` is a file spec the image was read from (napari-connectomics' reader records
     it); when it still opens with the same shape, the run folder references it instead of a copy.
+    ``scale`` and ``translate`` place the image (the part trained on) in the world, ``label_scale``
+    and ``label_translate`` the labels (layers: they must lie on the image's voxels). ``origin``: the
+    voxel of the image layer where ``image`` starts, when it is the part of a larger image under
+    a smaller Labels layer (see :func:`~.pair_rows.labels_box`).
     """
 
     name: str
@@ -98,6 +102,9 @@ class PairChoice:
     image_source: str | None = None
     scale: tuple[float, ...] = ()
     translate: tuple[float, ...] = ()
+    label_scale: tuple[float, ...] = ()
+    label_translate: tuple[float, ...] = ()
+    origin: tuple[int, ...] = ()
 
     @property
     def from_files(self) -> bool:
@@ -120,6 +127,8 @@ class TrainChoices:
     classes: dict[int, str] = field(default_factory=lambda: default_class_names())
     validation: str = "held-out"  # one of VALIDATION_MODES
     val_label: Any = None  # a second Labels layer's copy (or a file spec) over the first image
+    val_scale: tuple[float, ...] = ()  # where that Labels layer lies (scale, translate), if a layer
+    val_translate: tuple[float, ...] = ()
     start: str = "scratch"  # or "checkpoint"
     checkpoint: str | None = None
     preview_every: int = 0
@@ -219,6 +228,7 @@ def check_choices(choices: TrainChoices, in_channels: int = 1) -> None:
                             "add one with the 'new labels layer' button of the layer list")
         image_shape = _shape(pair.image, f"image of {pair.name}")
         label_shape = _shape(pair.label, f"labels of {pair.name}")
+        _check_placement(pair.name, pair.scale, pair.translate, pair.label_scale, pair.label_translate)
         _check_shapes(pair.name, image_shape, label_shape, in_channels)
         if _dtype(pair.label).kind not in "iub":
             raise UserError(f"{pair.name}: the labels hold {_dtype(pair.label)} values; "
@@ -228,6 +238,8 @@ def check_choices(choices: TrainChoices, in_channels: int = 1) -> None:
             raise UserError("validation from a Labels layer: pick that layer, or validate on a held-out part")
         first = choices.pairs[0]
         val_shape = _shape(choices.val_label, "validation labels")
+        _check_placement("the validation labels", first.scale, first.translate, choices.val_scale,
+                         choices.val_translate)
         _check_shapes("validation labels", _shape(first.image, "image"), val_shape, in_channels)
     if choices.start == "checkpoint":
         if not choices.checkpoint:
@@ -246,6 +258,31 @@ def _check_shapes(name: str, image: tuple[int, ...], label: tuple[int, ...], in_
     if spatial != label:
         raise UserError(f"{name}: the image is {_text(image)} but the labels are {_text(label)}; "
                         "pick the Labels layer painted on this image (same shape)")
+
+
+def _check_placement(name: str, scale: Sequence[float], translate: Sequence[float], label_scale: Sequence[float],
+                     label_translate: Sequence[float]) -> None:
+    """Labels layers must lie on their image's voxels (same scale and offset): napari shows them
+    where their scale puts them, and a network would learn each voxel's label from another place."""
+    if not label_scale or not scale:
+        return
+    translate = tuple(translate) or (0.0,) * len(scale)
+    label_translate = tuple(label_translate) or (0.0,) * len(label_scale)
+    ndim = min(len(label_scale), len(scale))
+    image_scale, image_offset = np.asarray(scale, float)[-ndim:], np.asarray(translate, float)[-ndim:]
+    labels_scale, labels_offset = np.asarray(label_scale, float)[-ndim:], np.asarray(label_translate, float)[-ndim:]
+    voxel = float(np.min(np.abs(image_scale)))
+    if (np.allclose(labels_scale, image_scale, rtol=1e-3, atol=0)
+            and np.allclose(labels_offset, image_offset, atol=1e-3 * voxel)):
+        return
+    label = f"'{name}'" if not name.startswith("the ") else name
+    raise UserError(f"{label} lies at scale {_numbers(labels_scale)}, offset {_numbers(labels_offset)} but its image "
+                    f"at scale {_numbers(image_scale)}, offset {_numbers(image_offset)}: the labels are not on the "
+                    "image's voxels; pick the Labels layer painted on this image (same shape, scale and offset)")
+
+
+def _numbers(values: Sequence[float]) -> str:
+    return "x".join(f"{float(v):g}" for v in values)
 
 
 def _text(shape: Sequence[int]) -> str:
