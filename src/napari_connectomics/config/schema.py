@@ -216,6 +216,9 @@ class CheckpointConfig:
     save_last: bool = knob(True, "also keep last.ckpt")
     dirpath: Optional[str] = knob(None, "checkpoint folder (default: <run>/checkpoints)")
     every_n_epochs: int = knob(1, "checkpoint interval in epochs", minimum=1)
+    every_n_minutes: Optional[float] = knob(
+        5.0, "also save last.ckpt every N minutes of training, however long an epoch is, so a killed run "
+        "resumes (train --resume) from at most N minutes back (null: off)", minimum=0.01)
 
 
 @dataclass

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from ..progress import Progress, ProgressCallback, emit
 from .module import TRAIN_EVAL
 
-__all__ = ["LabelUpdates", "ProgressRelay"]
+__all__ = ["LabelUpdates", "ProgressRelay", "TimedLastCheckpoint"]
 
 
 def _floats(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -97,3 +100,20 @@ class LabelUpdates(L.Callback):
             self.applied += 1
         if self.on_applied is not None:
             self.on_applied(dict(self.annotated))
+
+
+class TimedLastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every ``minutes`` of training, between epochs too, so a killed run loses at most that.
+
+    A second ModelCheckpoint beside the epoch one (one cannot combine ``train_time_interval`` with
+    ``every_n_epochs``). It saves through the trainer, hence atomically (AtomicCheckpointIO), with the
+    optimizer, schedule and loop state that ``train(resume=...)`` continues from; DDP ranks follow
+    rank 0's clock.
+    """
+
+    def __init__(self, dirpath: str | Path, minutes: float) -> None:
+        super().__init__(dirpath=dirpath, monitor=None, save_top_k=0, save_last=True,
+                         train_time_interval=timedelta(minutes=minutes), enable_version_counter=False)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Nothing: ``train()`` saves the final state itself (ModelCheckpoint would save it once more)."""

@@ -8,7 +8,8 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,10 @@ from omegaconf import DictConfig
 
 from ..config import ConfigError, as_config, save_config
 from ..progress import Progress, ProgressCallback, emit
-from .callbacks import ProgressRelay
+from .callbacks import ProgressRelay, TimedLastCheckpoint
 from .checkpoint import AtomicCheckpointIO, load_checkpoint, model_state_dict
 from .datamodule import TrainingData, VolumeDataModule
+from .disk import DiskFullError, no_space
 from .module import LOGGED_METRICS, SegmentationModule, monitored_metric
 from .run_data import absolute_spec, record_training_data
 from .result import TrainResult
@@ -73,6 +75,14 @@ def train(
         run_dir = Path(os.environ[RUN_DIR_ENV])
     else:
         run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
+    with _naming_a_full_disk(run_dir):
+        return _train(cfg, datamodule, run_dir, callbacks, stop_event, resume, bool(child), enable_progress_bar)
+
+
+def _train(cfg: DictConfig, datamodule: VolumeDataModule, run_dir: Path, callbacks: Sequence[Any],
+           stop_event: threading.Event | None, resume: str | os.PathLike | None, child: bool,
+           enable_progress_bar: bool) -> TrainResult:
+    if not child:
         run_dir.mkdir(parents=True, exist_ok=True)
         if datamodule.data is not None:
             record_training_data(cfg, datamodule.data, run_dir)
@@ -90,21 +100,25 @@ def train(
 
     progress_callbacks = [c for c in callbacks if not isinstance(c, L.Callback)]
     relay = ProgressRelay(progress_callbacks, stop_event)
+    # No "-v1" suffixes: last.ckpt is one file that the epoch and the timed checkpointers both replace.
     checkpointer = ModelCheckpoint(
         dirpath=checkpoint_dir, filename="epoch{epoch}-step{step}", auto_insert_metric_name=False,
         monitor=monitor, mode=cfg.checkpoint.mode, save_top_k=cfg.checkpoint.save_top_k,
-        save_last=cfg.checkpoint.save_last, every_n_epochs=cfg.checkpoint.every_n_epochs)
+        save_last=cfg.checkpoint.save_last, every_n_epochs=cfg.checkpoint.every_n_epochs,
+        enable_version_counter=False)
+    minutes = cfg.checkpoint.every_n_minutes
+    timed = [TimedLastCheckpoint(checkpoint_dir, minutes)] if minutes is not None else []
     extra = [c for c in callbacks if isinstance(c, L.Callback)]
-    trainer = build_trainer(cfg, run_dir, [relay, checkpointer, *extra], enable_progress_bar)
+    trainer = build_trainer(cfg, run_dir, [relay, checkpointer, *timed, *extra], enable_progress_bar)
 
     logger.info("Run folder %s", run_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume is not None else None)
 
     stopped = relay.stopped
     last = checkpoint_dir / "last.ckpt"
-    # ModelCheckpoint writes last.ckpt at validation/epoch ends only; a run that ends mid-epoch
-    # (max_steps, Stop) must still leave its final state behind.
-    if stopped or cfg.checkpoint.save_last or not last.exists():
+    # ModelCheckpoint writes last.ckpt at validation/epoch ends (and every_n_minutes) only; a run that
+    # ends mid-epoch (max_steps, Stop) must still leave its final state behind.
+    if stopped or cfg.checkpoint.save_last or timed or not last.exists():
         trainer.save_checkpoint(last, weights_only=False)
     best = Path(checkpointer.best_model_path) if checkpointer.best_model_path else None
     score = checkpointer.best_model_score
@@ -117,6 +131,20 @@ def train(
     emit(progress_callbacks, Progress(trainer.global_step, trainer.global_step, "stopped" if stopped else "done",
                                       metrics, stage="stopped" if stopped else "done"))
     return result
+
+
+@contextmanager
+def _naming_a_full_disk(run_dir: Path) -> Iterator[None]:
+    """A full disk anywhere in the run (checkpoint, config, logs) is one DiskFullError naming the path."""
+    try:
+        yield
+    except Exception as err:
+        full = no_space(err)
+        if full is None or isinstance(err, DiskFullError):
+            raise
+        if isinstance(full, DiskFullError):  # a later failure (e.g. the loggers' last write) hid it
+            raise full from None
+        raise DiskFullError(full.filename or run_dir) from err
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback], enable_progress_bar: bool) -> L.Trainer:
