@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -13,14 +10,12 @@ import numpy as np
 import pytest
 import zarr
 
+from conftest import run_cli
 from napari_connectomics.config import load_config
 from napari_connectomics.data.synthetic import make_synthetic_em
 from napari_connectomics.training import TrainingData, train
 
-
-def run(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "napari_connectomics", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+run = run_cli  # napari-connectomics ARGS in a subprocess (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import os
 import queue
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -120,10 +120,17 @@ def _predict_whole(job: BlockJob, source: VolumeInput, predictor: WindowPredicto
 
 def _predict_blocks(job: BlockJob, source: VolumeInput, predictor: WindowPredictor,
                     blocks: Sequence[Block], write: Callable[[tuple[slice, ...], np.ndarray], None],
-                    progress: Sequence[ProgressCallback], check: Callable[[], None]) -> None:
-    """Blocks one after the other in this process, each written as soon as it is final."""
-    for done, block in enumerate(blocks, start=1):
+                    progress: Sequence[ProgressCallback], check: Callable[[], None],
+                    skip: Collection[int] = (),
+                    finished: Callable[[int], None] | None = None) -> None:
+    """Blocks one after the other in this process, each written as soon as it is final; the
+    blocks whose index is in ``skip`` are already written (resume), ``finished(index)`` is called
+    once a block's data is written."""
+    todo = [block for block in blocks if block.index not in skip]
+    for done, block in enumerate(todo, start=len(blocks) - len(todo) + 1):
         write(block.output_region(job.grid), compute_block(job, source, predictor, block, check))
+        if finished is not None:
+            finished(block.index)
         emit(progress, Progress(done, len(blocks), f"block {done}/{len(blocks)}", stage="predict"))
 
 
@@ -131,24 +138,28 @@ def _predict_slabs(job: BlockJob, source: VolumeInput, predictor: WindowPredicto
                    slabs: Sequence[Block], write: Callable[[tuple[slice, ...], np.ndarray], None],
                    progress: Sequence[ProgressCallback], check: Callable[[], None],
                    cuts: tuple[Sequence[int], Sequence[int]] = ((), ()),
-                   prefetch: bool = True) -> None:
+                   prefetch: bool = True, first: int = 0,
+                   finished: Callable[[int], None] | None = None) -> None:
     """Overlap-add over z-slabs in this process: each grid window once; each piece of the output
     (cut at ``cuts``, padded coordinates) written as soon as no later window touches it, even in
     the middle of a slab; with ``prefetch`` the next slab's input is read in the background (see
-    :func:`.windows.stitch_regions`)."""
+    :func:`.windows.stitch_regions`). ``first``: the slabs before it are written (resume);
+    ``finished(number)`` is called once everything slab ``number`` finishes is written."""
     def predict_batch(windows: torch.Tensor) -> torch.Tensor:
         return predictor(windows.to(predictor.device)).cpu()
 
     grid = job.grid
     with torch.inference_mode():
-        finished = stitch_regions(grid, [block.core[0] for block in slabs], source.read,
-                                  predict_batch, _importance(grid.window, job.blending),
-                                  batch_size=job.batch_size, padding_mode=job.padding_mode,
-                                  check=check, cuts=cuts, prefetch=prefetch)
-        with closing(finished):
-            for piece in finished:
+        pieces = stitch_regions(grid, [block.core[0] for block in slabs], source.read,
+                                predict_batch, _importance(grid.window, job.blending),
+                                batch_size=job.batch_size, padding_mode=job.padding_mode,
+                                check=check, cuts=cuts, prefetch=prefetch, first=first)
+        with closing(pieces):
+            for piece in pieces:
                 if piece.mean is None:
                     done = piece.slab + 1
+                    if finished is not None and piece.slab >= first:
+                        finished(piece.slab)
                     emit(progress, Progress(done, len(slabs), f"slab {done}/{len(slabs)}",
                                             stage="predict"))
                     continue
@@ -194,6 +205,9 @@ class _WriteNow:
     def __init__(self, write: Callable[[tuple[slice, ...], np.ndarray], None]) -> None:
         self.put = write
 
+    def after(self, callback: Callable[[], None]) -> None:
+        callback()
+
     def close(self) -> None:
         pass
 
@@ -205,8 +219,10 @@ class _WriteBehind:
     """Hands finished regions to ``write`` in a background thread, so that compressing and storing
     them overlaps the next windows (the network and Zarr's codecs release the GIL). At most
     ``depth`` regions wait, so memory stays bounded by a few regions; ``put`` blocks while the
-    queue is full. The first error of ``write`` is raised by the next ``put`` or by ``close``;
-    ``cancel`` drops what waits and returns once nothing is being written any more."""
+    queue is full. ``after(callback)`` runs ``callback`` in the same thread once every region put
+    before it is written (e.g. to record a finished block). The first error of ``write`` is raised
+    by the next ``put`` or by ``close``; ``cancel`` drops what waits and returns once nothing is
+    being written any more."""
 
     def __init__(self, write: Callable[[tuple[slice, ...], np.ndarray], None],
                  depth: int = 2) -> None:
@@ -226,7 +242,11 @@ class _WriteBehind:
             if self._error is not None or self._dropping:
                 continue  # after an error or a cancel: keep draining so put() never blocks
             try:
-                self._write(*item)
+                region, data = item
+                if region is None:  # a callback queued by after()
+                    data()
+                else:
+                    self._write(region, data)
             except BaseException as err:  # noqa: BLE001 - raised in the caller's thread
                 self._error = err
 
@@ -237,6 +257,10 @@ class _WriteBehind:
     def put(self, region: tuple[slice, ...], data: np.ndarray) -> None:
         self._raise()
         self._queue.put((region, data))
+
+    def after(self, callback: Callable[[], None]) -> None:
+        self._raise()
+        self._queue.put((None, callback))
 
     def close(self) -> None:
         """Wait until every region is written; raise the first write error."""
@@ -302,9 +326,15 @@ def _dask_block(checkpoint: str, job: BlockJob, source: VolumeInput, block: Bloc
 
 def _predict_dask(checkpoint: Path, job: BlockJob, source: VolumeInput, blocks: Sequence[Block],
                   sink: Any, address: str | None, progress: Sequence[ProgressCallback],
-                  stop_event: threading.Event | None) -> bool:
+                  stop_event: threading.Event | None, skip: Collection[int] = (),
+                  finished: Callable[[int], None] | None = None) -> bool:
     """Blocks as dask tasks; True when cancelled. Every task has ended before this returns, so
-    the caller may remove the output without a worker still writing into it."""
+    the caller may remove the output without a worker still writing into it. Blocks in ``skip``
+    are already written (resume); ``finished(index)`` is called here once a task has written its
+    block."""
+    total, blocks = len(blocks), [block for block in blocks if block.index not in skip]
+    if not blocks:  # resumed with every block written
+        return False
     from distributed import Client, Event, LocalCluster, wait
 
     cluster = None
@@ -321,7 +351,7 @@ def _predict_dask(checkpoint: Path, job: BlockJob, source: VolumeInput, blocks: 
                    for block in blocks]
         logger.info("%d blocks sent to the dask scheduler %s", len(futures),
                     client.scheduler.address)
-        pending, done = set(futures), 0
+        pending, done = set(futures), total - len(blocks)
         try:
             while pending:
                 if stop_event is not None and stop_event.is_set():
@@ -329,14 +359,16 @@ def _predict_dask(checkpoint: Path, job: BlockJob, source: VolumeInput, blocks: 
                     wait(futures)
                     return True
                 try:
-                    finished, pending = wait(pending, timeout=0.25, return_when="FIRST_COMPLETED")
+                    ready, pending = wait(pending, timeout=0.25, return_when="FIRST_COMPLETED")
                 except TimeoutError:
                     continue
-                for future in finished:
-                    future.result()  # a worker's exception is raised here
+                for future in ready:
+                    index = future.result()  # a worker's exception is raised here
+                    if finished is not None and index >= 0:
+                        finished(index)
                     done += 1
-                    message = f"block {done}/{len(blocks)}"
-                    emit(progress, Progress(done, len(blocks), message, stage="predict"))
+                    message = f"block {done}/{total}"
+                    emit(progress, Progress(done, total, message, stage="predict"))
         except BaseException:
             stop.set()
             wait(futures)
@@ -353,11 +385,18 @@ def run_engine(model: torch.nn.Module, device: torch.device, job: BlockJob, sour
                checkpoint: Path | None = None,
                address: str | None = None) -> tuple[bool, np.ndarray | None]:
     """Run the engine a plan chose (``blocks`` [] for the whole volume; z-slabs when ``slabs``);
-    (cancelled, the in-memory result of ``shape`` when there is no writer)."""
+    (cancelled, the in-memory result of ``shape`` when there is no writer).
+
+    With a writer that keeps a resume log (``writer.log``), the blocks it lists as done are
+    skipped (z-slabs: from the first slab not done on) and every block is recorded there once
+    its data is written (the whole volume counts as block 0)."""
+    log = writer.log if writer is not None else None
+    skip: frozenset[int] = frozenset(log.done) if log is not None else frozenset()
+    record = log.record if log is not None else None
     if scheduler == "dask":
         assert writer is not None and checkpoint is not None
         cancelled = _predict_dask(checkpoint, job, source, blocks, writer.sink(), address,
-                                  progress, stop_event)
+                                  progress, stop_event, skip, record)
         return cancelled, None
 
     def check() -> None:
@@ -383,18 +422,28 @@ def run_engine(model: torch.nn.Module, device: torch.device, job: BlockJob, sour
         else:
             memory[(slice(None), *region)] = stored
 
+    def finished(index: int) -> None:  # after the regions written so far
+        if record is not None and behind is not None:
+            behind.after(partial(record, index))
+
     try:
         with model_on(model, device) as on_device:
             predictor = WindowPredictor(on_device, device, job.spatial_dims, job.activation,
                                         job.tta, job.grid.window)
             if slabs:
                 cuts = _piece_cuts(job.grid, writer.chunks[1:]) if writer is not None else ((), ())
-                _predict_slabs(job, source, predictor, blocks, write, progress, check, cuts,
-                               prefetch=overlap)
+                first = 0
+                while first in skip:
+                    first += 1
+                if first < len(blocks):
+                    _predict_slabs(job, source, predictor, blocks, write, progress, check, cuts,
+                                   prefetch=overlap, first=first, finished=finished)
             elif blocks:
-                _predict_blocks(job, source, predictor, blocks, write, progress, check)
-            else:
+                _predict_blocks(job, source, predictor, blocks, write, progress, check, skip,
+                                finished)
+            elif 0 not in skip:
                 write(source.whole(), _predict_whole(job, source, predictor, progress, check))
+                finished(0)
         if behind is not None:
             behind, waiting = None, behind
             waiting.close()  # every region written (or a write error raised) before commit

@@ -66,9 +66,11 @@ or ``predict(..., scheduler='dask', address=client.scheduler_address)``.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import math
 import os
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -80,6 +82,7 @@ import numpy as np
 import torch
 
 from ..data.normalize import intensity_stats
+from ..data.volume_io import remove
 from ..data.volumes import Volume, parse_volume_path
 from ..progress import Progress, ProgressCallback, emit
 from . import engines
@@ -87,7 +90,19 @@ from .engines import BlockJob, compute_block, run_engine
 from .input import VolumeInput, prepare_input, read_once, shape_text
 from .options import PredictionResult, PredictOptions, default_window
 from .predictor import WindowPredictor, activation_for, resolve_device, tta_transforms
-from .stores import OutputSpec, OutputWriter, check_output, choose_chunks, parse_output
+from .resume import Partial, ResumeLog, changed, digest, file_stamp, find_partials, model_digest
+from .stores import (
+    OutputSpaceError,
+    OutputSpec,
+    OutputWriter,
+    check_free_space,
+    check_output,
+    choose_chunks,
+    is_no_space,
+    parse_output,
+    planned_bytes,
+    size_text,
+)
 from .windows import (
     Block,
     WindowGrid,
@@ -140,6 +155,7 @@ class _Plan:
     device: torch.device
     scheduler: str
     slabs: bool = False  # blocks are z-slabs of the whole y-x plane, run by overlap-add
+    needed: int = 0  # bytes of output still to write (before compression)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -163,6 +179,7 @@ def predict(
     cfg: Any = None,
     scheduler: str | None = None,
     address: str | None = None,
+    resume: bool = False,
 ) -> PredictionResult:
     """Predict probabilities (C, z, y, x) for ``volume`` (see the module doc for the engines).
 
@@ -175,24 +192,36 @@ def predict(
     and the result says ``cancelled=True``. ``scheduler='dask'`` (with ``address`` or a local
     cluster) runs the blocks as dask tasks. Every input error is a one-line ValueError raised
     before any output is touched.
+
+    ``resume=True`` (Zarr outputs) continues the partial output an interrupted run left (killed,
+    out of time) when it was made from the same input, checkpoint and options: the blocks it
+    already holds are kept, the others predicted (see :mod:`.resume`). Without one to continue
+    it starts from scratch; without ``resume`` a stale partial output of the same path is removed
+    (with a warning). An output larger (before compression) than the free space is refused before
+    any work; a disk that fills up during the run raises :class:`.stores.OutputSpaceError` (one
+    line; the partial output is removed, as after any error).
     """
     started = time.perf_counter()
     spec = parse_output(output) if output is not None else None
     if spec is not None:
         check_output(spec, overwrite)
+    _check_resume(resume, spec)
     plan = _make_plan(checkpoint_or_model, volume, options, cfg, spec,
                       _check_scheduler(scheduler, address, spec, checkpoint_or_model))
-    writer = _open_writer(plan, spec, overwrite) if spec is not None else None
+    writer = _open_writer(plan, spec, overwrite, resume) if spec is not None else None
     result = PredictionResult(None, None, plan.shape[0], plan.job.activation, 0.0,
                               window=plan.job.grid.window, blocks=len(plan.blocks) or 1,
                               device="dask" if plan.scheduler == "dask" else str(plan.device))
     last = _LastProgress()
     try:
         cancelled, in_memory = _run(plan, writer, address, [*progress, last], stop_event)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
+    except BaseException as err:
+        if writer is None:
+            raise
+        full = _stop_writing(writer, err)
+        if full is None:
+            raise
+        raise full from err
     result.seconds = time.perf_counter() - started
     if cancelled:
         if writer is not None:
@@ -202,7 +231,12 @@ def predict(
         result.cancelled = True
         return result
     if writer is not None:
-        result.output_path = writer.commit()
+        try:
+            result.output_path = writer.commit()
+        except OSError as err:
+            if not is_no_space(err):
+                raise
+            raise _no_space(writer) from err
         result.probabilities = writer.open_result()
     else:
         result.probabilities = in_memory
@@ -250,9 +284,138 @@ def _make_plan(checkpoint_or_model: Any, volume: Any, options: PredictOptions | 
     return plan
 
 
-def _open_writer(plan: _Plan, spec: OutputSpec, overwrite: bool) -> OutputWriter:
-    """The output, in a temporary sibling; chunks align with the blocks (dask writes them)."""
+def _check_resume(resume: bool, spec: OutputSpec | None) -> None:
+    if not resume:
+        return
+    if spec is None:
+        raise ValueError("resume=True continues an output on disk: pass output='pred.zarr'")
+    if spec.kind != "zarr":
+        raise ValueError(f"--resume needs a Zarr output: {spec.path} is HDF5, which a killed run "
+                         "can leave unreadable; write to e.g. pred.zarr (or drop --resume)")
+
+
+def _open_writer(plan: _Plan, spec: OutputSpec, overwrite: bool,
+                 resume: bool = False) -> OutputWriter:
+    """The output, in a temporary sibling; chunks align with the blocks (dask writes them).
+
+    Zarr outputs keep a resume log of the blocks written; with ``resume`` the matching partial
+    store of an interrupted run is taken over (a one-line error when it was made differently).
+    The output's size before compression (of the blocks still to write) must fit in the free
+    space of its file system."""
     block = [hi - lo for lo, hi in plan.blocks[0].core] if plan.blocks else None
+    chunks = choose_chunks(plan.shape[0], plan.source.shape, block)
+    units = len(plan.blocks) or 1
+    fingerprint = _fingerprint(plan, spec, chunks) if spec.kind == "zarr" else None
+    found = _resumable(spec, fingerprint, units) if resume else None
+    if not resume and spec.kind == "zarr":
+        _remove_stale(spec)
+    done = found.done & set(range(units)) if found is not None else set()
+    total = planned_bytes(plan.shape, plan.options.output_dtype)
+    if spec.ome:  # and its pyramid: levels of 1/4, 1/16, ... of level 0 at most
+        total = total * 4 // 3
+    needed = math.ceil(total * (units - len(done)) / units)
+    check_free_space(spec, needed, f"the {units - len(done)} blocks left" if done else "the output")
+    plan.needed = needed
+    writer = _make_writer(plan, spec, overwrite, chunks, found.path if found else None)
+    if fingerprint is not None:
+        try:
+            writer.log = ResumeLog(writer.temporary, fingerprint, units, done)
+        except BaseException as err:
+            if found is not None:
+                writer.keep()  # still resumable: never lose the blocks of an earlier run here
+            else:
+                writer.abort()
+            if is_no_space(err):
+                raise _no_space(writer, kept=found is not None) from err
+            raise
+    return writer
+
+
+def _resumable(spec: OutputSpec, fingerprint: dict[str, Any] | None,
+               units: int) -> Partial | None:
+    """The partial output of an interrupted run to continue, checked against this run."""
+    assert fingerprint is not None
+    partials = find_partials(spec.path)  # none is this process's own yet
+    for partial in partials:
+        if partial.running():
+            raise ValueError(f"{partial.path} is being written by a running prediction (process "
+                             f"{partial.pid}); wait for it to end or stop it, then --resume")
+    matching = [p for p in partials if not changed(p.manifest.get("fingerprint", {}), fingerprint)
+                and p.blocks == units]
+    if matching:
+        best = max(matching, key=lambda p: len(p.done))
+        if best.host != socket.gethostname():
+            logger.warning("resuming %s, which %s on host %s wrote: make sure that run has ended",
+                           best.path, f"process {best.pid}", best.host)
+        logger.info("resuming %s: %d of %d blocks done", best.path.name,
+                    len(best.done & set(range(units))), units)
+        return best
+    if partials:
+        newest = partials[0]
+        differ = changed(newest.manifest.get("fingerprint", {}), fingerprint) or ["block count"]
+        raise ValueError(f"cannot resume {spec.path}: its unfinished output {newest.path.name} was "
+                         f"made with a different {', '.join(differ)}; drop --resume to start over "
+                         "(the unfinished output is then removed)")
+    logger.info("nothing to resume for %s (no unfinished output of an earlier run): starting "
+                "from scratch", spec.path)
+    return None
+
+
+def _remove_stale(spec: OutputSpec) -> None:
+    """Without resume: remove the partial outputs of earlier runs (on this host, whose process
+    is gone) of the same path, saying that --resume would have continued them."""
+    for partial in find_partials(spec.path):
+        if not partial.stale():
+            continue
+        logger.warning("removing %s, the unfinished output of an earlier run (%d of %d blocks "
+                       "done); pass --resume (resume=True) to continue such a run instead",
+                       partial.path.name, len(partial.done), partial.blocks)
+        remove(partial.path)
+
+
+def _fingerprint(plan: _Plan, spec: OutputSpec, chunks: Sequence[int]) -> dict[str, Any]:
+    """What the stored values depend on (see :mod:`.resume`): a resumed run must match all."""
+    source, options, job = plan.source, plan.options, plan.job
+    path, key = parse_volume_path(source.volume.source)
+    stamp = file_stamp(path) if path.exists() else None  # the file, whatever the path's spelling
+    stats = dataclasses.asdict(source.stats) if source.stats is not None else None
+    if plan.checkpoint is not None:
+        model: Any = file_stamp(plan.checkpoint) or str(plan.checkpoint)
+    else:
+        model = {"weights sha256": model_digest(plan.model)}
+    return {
+        "input": {**stamp, "key": key} if stamp is not None else source.volume.source,
+        "input shape": list(source.volume.shape), "input dtype": str(source.volume.dtype),
+        "region": [list(source.offset), list(source.shape)],
+        "normalization": [source.normalize, stats],
+        "checkpoint": model,
+        "window": list(job.grid.window), "overlap": options.overlap,
+        "blending": options.blending, "padding mode": options.padding_mode, "tta": options.tta,
+        "batch size": options.batch_size, "activation": job.activation,
+        "output dtype": options.output_dtype, "output array": spec.key,
+        "output shape": list(plan.shape), "chunks": list(chunks),
+        "blocks": [len(plan.blocks), plan.slabs, digest([b.core for b in plan.blocks])],
+    }
+
+
+def _stop_writing(writer: OutputWriter, err: BaseException) -> OutputSpaceError | None:
+    """After a failed run: remove the partial output; the one-line error to raise instead of
+    ``err`` when the disk is full (None: re-raise ``err``)."""
+    writer.abort()
+    return _no_space(writer) if is_no_space(err) else None
+
+
+def _no_space(writer: OutputWriter, kept: bool = False) -> OutputSpaceError:
+    size = (f"; the output needs up to {size_text(writer.needed)} before compression"
+            if writer.needed else "")
+    what = (f"{writer.temporary.name} is kept for --resume" if kept
+            else "the unfinished output was removed")
+    return OutputSpaceError(f"{writer.spec.path}: {os.strerror(errno.ENOSPC)} (disk full){size}; "
+                            f"free some space or write elsewhere ({what})", writer.spec.path)
+
+
+def _make_writer(plan: _Plan, spec: OutputSpec, overwrite: bool, chunks: Sequence[int],
+                 adopt: Path | None) -> OutputWriter:
     options, job = plan.options, plan.job
     attrs: dict[str, Any] = {
         "activation": job.activation, "channels": plan.shape[0],
@@ -261,10 +424,11 @@ def _open_writer(plan: _Plan, spec: OutputSpec, overwrite: bool) -> OutputWriter
     }
     if plan.checkpoint is not None:
         attrs["checkpoint"] = str(plan.checkpoint)
-    chunks = choose_chunks(plan.shape[0], plan.source.shape, block)
     voxel_size, origin = _voxel_grid(plan.source)
-    return OutputWriter(spec, plan.shape, options.output_dtype, chunks, overwrite, attrs,
-                        voxel_size=voxel_size, origin=origin)
+    writer = OutputWriter(spec, plan.shape, options.output_dtype, chunks, overwrite, attrs,
+                          voxel_size=voxel_size, origin=origin, adopt=adopt)
+    writer.needed = plan.needed
+    return writer
 
 
 def _voxel_grid(source: VolumeInput) -> tuple[list[float] | None, list[float] | None]:

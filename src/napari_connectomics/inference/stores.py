@@ -6,7 +6,9 @@ a hidden ``.partial-*`` entry and never a file under the final name that readers
 finished prediction (we chose rename-into-place over a ``complete`` attribute because readers
 outside this project would not know to check it). An existing output is refused unless
 ``overwrite``; with ``overwrite`` the old one is replaced only when the new one is complete, and
-as a whole (the file or store, not only the array inside).
+as a whole (the file or store, not only the array inside). A Zarr output's partial store also
+holds the manifest of the blocks written (:mod:`.resume`), removed just before the rename, so
+that ``predict(..., resume=True)`` can continue it after the process was killed.
 
 Path specs: ``pred.zarr`` (a group holding the array ``probabilities``), ``pred.zarr:name`` or
 ``pred.zarr/name``, ``pred.h5`` and ``pred.h5:name``; ``pred.ome.zarr`` is an OME-Zarr image
@@ -20,8 +22,11 @@ block with :class:`LabelsWriter` when they are larger than memory.
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,15 +59,20 @@ __all__ = [
     "DEFAULT_ARRAY",
     "LabelsWriter",
     "OUTPUT_DTYPES",
+    "OutputSpaceError",
     "OutputSpec",
     "OutputWriter",
     "ZarrSink",
     "choose_chunks",
     "check_output",
+    "check_free_space",
+    "is_no_space",
     "labels_dtype",
     "open_array",
     "open_output",
     "parse_output",
+    "planned_bytes",
+    "size_text",
     "to_storage",
     "write_labels",
 ]
@@ -162,7 +172,8 @@ class OutputWriter:
                  chunks: Sequence[int] | None, overwrite: bool,
                  attrs: Mapping[str, Any] | None = None,
                  voxel_size: Sequence[float] | None = None,
-                 origin: Sequence[float] | None = None) -> None:
+                 origin: Sequence[float] | None = None,
+                 adopt: Path | None = None) -> None:
         if str(dtype) not in OUTPUT_DTYPES:
             raise ValueError(f"unknown output dtype {dtype!r}; "
                              f"choose one of: {', '.join(OUTPUT_DTYPES)}")
@@ -173,9 +184,14 @@ class OutputWriter:
         self.chunks = (tuple(chunks) if chunks is not None
                        else choose_chunks(self.shape[0], self.shape[1:]))
         self.temporary = spec.sibling("partial")
+        self.log: Any = None  # a .resume.ResumeLog of the blocks written (Zarr outputs)
+        self.needed: int | None = None  # bytes still to write, before compression (messages)
         self._file: Any = None
         self._array: Any = None
         spec.path.parent.mkdir(parents=True, exist_ok=True)
+        if adopt is not None:  # resume: continue an interrupted run's partial store
+            self._adopt(Path(adopt))
+            return
         remove(self.temporary)
         attributes = {"axes": "czyx", "dtype": str(self.dtype),
                       "scale": 255 if self.dtype == np.uint8 else 1, **dict(attrs or {})}
@@ -183,6 +199,24 @@ class OutputWriter:
         self._file, self._array = create(self.temporary, spec.key, self.shape, self.dtype,
                                          self.chunks, attributes)
         logger.debug("writing %s into %s", spec, self.temporary)
+
+    def _adopt(self, partial: Path) -> None:
+        """Take over the partial store of an interrupted run (renamed to this process's name)."""
+        if self.spec.kind != "zarr":
+            raise ValueError(f"{self.spec.path} is HDF5, which cannot be resumed; write to a "
+                             "Zarr store (e.g. pred.zarr) to resume interrupted runs")
+        if partial != self.temporary:
+            remove(self.temporary)
+            os.rename(partial, self.temporary)
+        array = open_stored_array(self.temporary, self.spec.key, "zarr", mode="r+")
+        found = (tuple(array.shape), np.dtype(array.dtype), tuple(array.chunks))
+        if found != (self.shape, self.dtype, tuple(self.chunks)):
+            raise ValueError(f"the unfinished output {self.temporary} holds {self.spec.key} "
+                             f"{found[0]} {found[1]} in chunks {found[2]}, not {self.shape} "
+                             f"{self.dtype} in chunks {tuple(self.chunks)}; drop --resume "
+                             "(resume=False) to start over")
+        self._array = array
+        logger.debug("continuing %s in %s", self.spec, self.temporary)
 
     def write(self, region: Sequence[slice], probabilities: np.ndarray, *,
               stored: bool = False) -> None:
@@ -213,6 +247,8 @@ class OutputWriter:
             except BaseException:
                 self.abort()
                 raise
+        if self.log is not None:  # complete: the finished output carries no resume manifest
+            self.log.remove()
         if exists(self.spec.path) and not self.overwrite:  # appeared while we were running
             self.abort()
             check_output(self.spec, self.overwrite)
@@ -223,7 +259,21 @@ class OutputWriter:
     def abort(self) -> None:
         """Remove the partial output; the final path is left as it was."""
         self._close()
-        remove(self.temporary)
+        if self.spec.kind == "zarr":
+            _settle_zarr()
+        try:
+            remove(self.temporary)
+        except OSError:  # something still wrote into it: once more, then leave what is left
+            _settle_zarr()
+            remove(self.temporary, ignore_errors=True)
+            if exists(self.temporary):
+                logger.warning("could not remove the unfinished output %s; delete it",
+                               self.temporary)
+
+    def keep(self) -> Path:
+        """Close, leaving the partial output (and its resume manifest) where it is."""
+        self._close()
+        return self.temporary
 
     def open_result(self) -> Any:
         """The committed array, opened read-only (a zarr.Array or an h5py.Dataset)."""
@@ -255,6 +305,33 @@ class ZarrSink:
         array[(slice(None), *region)] = to_storage(probabilities, self.dtype)
 
 
+def _settle_zarr(timeout: float = 10.0) -> None:
+    """Wait for the chunk writes Zarr still runs in its event-loop thread: when one chunk of a
+    region fails to write (a full disk), the others of the same region go on after the error is
+    raised here, and would recreate (or keep filling) a partial store being removed."""
+    import asyncio
+
+    try:
+        from zarr.core import sync as zarr_sync
+
+        loop = zarr_sync.loop[0]
+    except (ImportError, AttributeError, IndexError):
+        return
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+
+    async def others() -> None:
+        current = asyncio.current_task()
+        pending = [task for task in asyncio.all_tasks() if task is not current]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    try:
+        asyncio.run_coroutine_threadsafe(others(), loop).result(timeout + 5)
+    except Exception:  # noqa: BLE001 - best effort: removing the store comes next anyway
+        logger.debug("zarr writes still running after %.0f s", timeout)
+
+
 def open_output(path_spec: str | os.PathLike, shape: Sequence[int], dtype: str = "float16",
                 chunks: Sequence[int] | None = None, overwrite: bool = False,
                 attrs: Mapping[str, Any] | None = None,
@@ -268,6 +345,71 @@ def open_output(path_spec: str | os.PathLike, shape: Sequence[int], dtype: str =
 def open_array(spec: OutputSpec) -> Any:
     """A stored array, read-only: zarr.Array, or h5py.Dataset (its file stays open)."""
     return open_stored_array(spec.path, spec.key, spec.kind)
+
+
+# --------------------------------------------------------------------------------------------
+# Disk space
+# --------------------------------------------------------------------------------------------
+
+
+class OutputSpaceError(OSError):
+    """The output's file system is (or would be) full: a one-line message naming the output."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(errno.ENOSPC, message, str(path))
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def is_no_space(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it) says the disk is full (ENOSPC / EDQUOT; h5py's own
+    errors carry no errno, only the text)."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(err) or "Disk quota exceeded" in str(err):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1  # type: ignore[assignment]
+    return False
+
+
+def size_text(size: float) -> str:
+    """Bytes as B, KiB, MiB, GiB or TiB (one decimal)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def free_bytes(path: Path) -> int:
+    """Free space (bytes) on the file system that holds ``path`` (or its nearest existing
+    parent folder)."""
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return int(shutil.disk_usage(folder).free)
+
+
+def planned_bytes(shape: Sequence[int], dtype: Any) -> int:
+    """The size of a (C, z, y, x) output before compression."""
+    return math.prod(int(n) for n in shape) * np.dtype(dtype).itemsize
+
+
+def check_free_space(spec: OutputSpec, needed: int, what: str = "the output") -> int:
+    """Refuse (one line, before any work) when ``needed`` bytes exceed the free space of the
+    output's file system; the free bytes otherwise."""
+    free = free_bytes(spec.path.parent)
+    if needed > free:
+        raise OutputSpaceError(
+            f"not enough space for {spec.path}: {what} needs up to {size_text(needed)} (before "
+            f"compression) but only {size_text(free)} is free on its file system; free some "
+            "space, write elsewhere or store uint8 probabilities (--output-dtype uint8)",
+            spec.path)
+    return free
 
 
 # --------------------------------------------------------------------------------------------

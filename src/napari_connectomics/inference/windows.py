@@ -442,6 +442,7 @@ def stitch_regions(
     check: Callable[[], None] | None = None,
     cuts: tuple[Sequence[int], Sequence[int]] = ((), ()),
     prefetch: bool = True,
+    first: int = 0,
 ) -> Iterator[Finished]:
     """Overlap-add over z-slabs (as :func:`stitch_slabs`) that hands out each finished piece of the
     output as soon as the last window touching it is predicted, not only at the end of a slab.
@@ -455,6 +456,12 @@ def stitch_regions(
     that order, and ``Finished(slab, None)`` after each slab's last window. With ``prefetch`` the
     next slab's input is read in a background thread while this slab's windows run. Memory: as
     :func:`stitch_slabs` (plus the next slab's input when prefetching).
+
+    ``first`` > 0 resumes a run whose slabs before ``first`` are written: the pieces that slab
+    ``first - 1`` finished are not handed out again, and the windows of earlier slabs that still
+    reach the planes after them are predicted again (their whole slabs, in the same batches), so
+    every later piece sums the same windows in the same order as an uninterrupted run: the same
+    values, bit for bit. ``Finished(slab, None)`` is yielded for the replayed slabs too.
     """
     z_starts, depth = grid.starts[0], grid.window[0]
     plane = (grid.padded[1], grid.padded[2])
@@ -464,13 +471,18 @@ def stitch_regions(
         finals.append(later[0] if later else grid.padded[0])
     pieces = _pieces(grid, cuts, finals)
     boxes = [_slab_box(grid, [s for s in z_starts if lo <= s < hi]) for lo, hi in slabs]
-    reads = [b for b in boxes if b is not None]
+    replay, written = _replay_from(grid, slabs, finals, first)
+    pieces = [piece for piece in pieces if piece[1][0] >= written]
+    reads = [b for b in boxes[replay:] if b is not None]
     accumulated: torch.Tensor | None = None  # planes [base, base + len) of padded z
     weights = torch.zeros((0, *plane), dtype=torch.float32)
-    base, processed, emitted = 0, 0, 0
+    base = next((b[0][0] for b in boxes[replay:] if b is not None), 0) if replay else 0
+    processed, emitted = 0, 0
     with _Prefetcher(lambda box: read_padded(grid, box, read, padding_mode), reads,
                      enabled=prefetch) as inputs:
         for number, ((lo, hi), box, final) in enumerate(zip(slabs, boxes, finals)):
+            if number < replay:
+                continue
             if box is not None:
                 own = [s for s in z_starts if lo <= s < hi]
                 end = box[0][1]
@@ -519,6 +531,22 @@ def stitch_regions(
                 accumulated, weights = accumulated[:, count:].clone(), weights[count:].clone()
                 base = final
             yield Finished(number, None)
+
+
+def _replay_from(grid: WindowGrid, slabs: Sequence[tuple[int, int]], finals: Sequence[int],
+                 first: int) -> tuple[int, int]:
+    """(the slab to start at, the planes already written) when slabs before ``first`` are written:
+    the planes before ``finals[first - 1]``; the start is the slab holding the first window that
+    reaches past them (every earlier window ends before them)."""
+    if first <= 0:
+        return 0, 0
+    written = finals[min(first, len(slabs)) - 1]
+    reaching = [s for s in grid.starts[0] if s + grid.window[0] > written]
+    if not reaching:
+        return min(first, len(slabs)), written
+    start = reaching[0]
+    replay = next(i for i, (lo, hi) in enumerate(slabs) if lo <= start < hi)
+    return min(replay, first), written
 
 
 def _slab_box(grid: WindowGrid, own: Sequence[int]) -> Box | None:
