@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dask: blocks as tasks on a dask cluster (local 2-worker cluster without --address)")
     p.add_argument("--address", metavar="HOST:PORT", help="dask scheduler address (e.g. from dask-jobqueue)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the unfinished Zarr output of an interrupted run with the same input, checkpoint "
+                        "and options (skips the blocks it holds); starts from scratch when there is none")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", parents=[common], help="score a prediction against labels (semantic and instance metrics)")
@@ -103,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gui", action="store_true",
                    help="then open napari with the volume, the prediction and the Connectomics dock widget")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("convert-config", parents=[common],
+                       help="turn a PyTorch Connectomics v1 (YACS) config into ours, listing what does not convert")
+    p.add_argument("legacy", metavar="LEGACY.yaml", help="a PyTC v1 config; its _BASE_ (relative to it) is merged first")
+    p.add_argument("-o", "--output", required=True, metavar="NEW.yaml",
+                   help="the converted config (train --config NEW.yaml)")
+    p.add_argument("--base", metavar="BASE.yaml", help="PyTC's --config-base: merged before LEGACY.yaml")
+    p.add_argument("--force", action="store_true", help="replace an existing NEW.yaml")
+    p.set_defaults(func=cmd_convert_config)
     return parser
 
 
@@ -140,14 +152,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"napari-connectomics {args.command}: error: {message}", file=sys.stderr)
+        print(f"napari-connectomics {args.command}: error: {_no_space(err, args.command) or message}", file=sys.stderr)
         return 2
     except Exception as err:  # a bug, not a user error: still one line unless --debug
         if args.debug:
             raise
+        if full := _no_space(err, args.command):  # e.g. torch's RuntimeError over an ENOSPC OSError
+            print(f"napari-connectomics {args.command}: error: {full}", file=sys.stderr)
+            return 2
         print(f"napari-connectomics {args.command}: internal error: {type(err).__name__}: {err}; "
               "rerun with --debug for the traceback", file=sys.stderr)
         return 1
+
+
+def _no_space(err: BaseException, command: str) -> str | None:
+    """A full disk (ENOSPC, EDQUOT) anywhere in the error's chain, as one line naming the path."""
+    from .training.disk import TRAINING_OUTPUT, DiskFullError, no_space  # torch-free
+
+    full = no_space(err)
+    if full is None or isinstance(full, DiskFullError):  # train() names the checkpoint and its size
+        return None if full is None else str(full)
+    where_else = {"train": TRAINING_OUTPUT, "predict": "--output", "demo": "--output"}.get(command, "output folder")
+    return str(DiskFullError(full.filename or "the output disk", hint=where_else))
 
 
 def _training_error() -> type[Exception]:
@@ -294,7 +320,7 @@ class _ProgressBar:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference.predict import PredictOptions, predict, prepare_input
-    from .inference.stores import parse_output
+    from .inference.stores import OutputSpaceError, parse_output
     from .models.checkpoint import config_from_checkpoint, load_checkpoint
 
     cfg = config_from_checkpoint(load_checkpoint(args.checkpoint), source=repr(args.checkpoint))
@@ -306,11 +332,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if method is not None and not POSTPROCESSORS.get(method).blockwise:
         _check_whole_volume_fits(method, source.shape, int(cfg.model.out_channels), options.memory_limit_mb)
     bar = _ProgressBar("batch")
+    full = None
     try:
-        result = predict(args.checkpoint, args.input, options, progress=[bar], output=args.output,
-                         overwrite=args.overwrite, scheduler=args.scheduler, address=args.address)
+        result = predict(args.checkpoint, args.input, options, progress=[] if args.quiet else [bar], output=args.output,
+                         overwrite=args.overwrite, scheduler=args.scheduler, address=args.address,
+                         resume=args.resume)
+    except OutputSpaceError as err:  # predict's own line (the size, what was kept), not the general one
+        full = str(err)
     finally:
         bar.close()
+    if full is not None:  # raised outside the handler: no ENOSPC left in the error's chain
+        raise CLIError(full)
     summary: dict[str, Any] = {
         "output": f"{result.output_path}:{parse_output(args.output).key}", "shape": tuple(result.probabilities.shape),
         "window": result.window, "blocks": result.blocks, "device": result.device, "seconds": f"{result.seconds:.1f}"}
@@ -456,6 +488,22 @@ def _show_demo(result: Any, args: argparse.Namespace) -> None:
 
     open_demo_viewer(result, data=args.data, seed=args.seed)
     napari.run()
+
+
+def cmd_convert_config(args: argparse.Namespace) -> int:
+    from .config.legacy import convert_legacy_config, write_new_file
+
+    conversion = convert_legacy_config(args.legacy, args.base)
+    try:
+        write_new_file(args.output, conversion.to_yaml(), overwrite=args.force)
+    except FileExistsError:
+        raise CLIError(f"{args.output} already exists; pass --force to replace it") from None
+    for line in conversion.report_lines():
+        print(line, file=sys.stderr)
+    print(f"wrote {args.output}: {len(conversion.mapped)} of {len(conversion.legacy)} keys converted, "
+          f"{len(conversion.unmapped)} not (listed on stderr and at the top of the file); "
+          f"train with: napari-connectomics train --config {args.output}")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
