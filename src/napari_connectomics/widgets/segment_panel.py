@@ -27,7 +27,7 @@ from magicgui import widgets
 from napari.layers import Image, Labels, Shapes
 from napari.utils import cancelable_progress
 from napari.utils import progress as napari_progress
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..progress import Progress
@@ -124,6 +124,7 @@ class SegmentPanel(QWidget):
         self._progress: Any = None
         self._post_pending = False
         self._running_request: SegmentRequest | None = None
+        self._showing = False  # a finished run's layers are being added (one per event-loop pass)
         self.waiting: str | None = None  # WAIT_CHECKPOINT or WAIT_SNAPSHOT while Segment waits for training
         self._snapshot_before: Any = None
         self.use_worker = use_worker()  # False: read checkpoints and segment in threads of napari's process
@@ -353,7 +354,7 @@ class SegmentPanel(QWidget):
     @property
     def running(self) -> bool:
         """True while a segmentation runs (post-processing re-runs are not counted)."""
-        return self.job is not None and self.job.running
+        return (self.job is not None and self.job.running) or self._showing
 
     def segment(self, *_: Any) -> None:
         """Start segmenting with the panel's choices; a bad choice is a notification."""
@@ -574,22 +575,48 @@ class SegmentPanel(QWidget):
                 remove_store(outcome.prediction.store)
             return
         request = self._running_request
-        self._finish_run()
         if outcome.cancelled or outcome.prediction is None or outcome.labels is None:
+            self._finish_run()
             self.status_label.value = "cancelled: no layer was changed"
             show_info("Segmentation cancelled")
             return
+        previous = self.prediction
         try:
-            self._show(outcome.prediction, outcome.labels)
+            added = self._show_probabilities(outcome.prediction)
         except Exception as error:
-            self._drop_unshown(outcome.prediction)
-            notify_error(error, "Showing the segmentation")
-            self.status_label.value = "failed to show the result"
+            self._finish_run()
+            self._show_failed(outcome.prediction, error)
             return
+        if added:  # napari builds a layer in ~0.1 s: the next one in the next pass keeps the viewer responsive
+            self._showing = True
+            QTimer.singleShot(0, lambda: self._show_rest(outcome, request, previous))
+        else:
+            self._show_rest(outcome, request, previous)
+
+    def _show_rest(self, outcome: SegmentOutcome, request: SegmentRequest | None, previous: Prediction | None) -> None:
+        """The segmentation layer and the run's summary, after the probabilities."""
+        self._showing = False
+        if not self.alive():
+            self._release_session()
+            return
+        self._finish_run()
+        prediction, labels = outcome.prediction, outcome.labels
+        try:
+            self._show_labels(prediction, labels)
+        except Exception as error:
+            self._show_failed(prediction, error)
+            return
+        if previous is not None and previous is not prediction:
+            self._collect_stores()
         self.status_label.value = (f"done in {outcome.seconds:.1f} s: "
-                                   f"{_count_text(outcome.labels)} in {outcome.prediction.region}")
+                                   f"{_count_text(labels)} in {prediction.region}")
         if request is not None and self.post_settings() != request.post:
             self.reprocess()  # the post-processing knobs changed while the run was busy
+
+    def _show_failed(self, prediction: Prediction, error: BaseException) -> None:
+        self._drop_unshown(prediction)
+        notify_error(error, "Showing the segmentation")
+        self.status_label.value = "failed to show the result"
 
     def _on_error(self, error: BaseException) -> None:
         quiet = isinstance(error, WorkerDied) and not error.announce  # another panel notified this death
@@ -689,20 +716,18 @@ class SegmentPanel(QWidget):
     # Layers
     # ----------------------------------------------------------------------------------------
 
-    def _show(self, prediction: Prediction, labels: LabelsResult) -> None:
-        """Add or update the probability and segmentation layers; keep the probabilities."""
-        previous = self.prediction
+    def _show_probabilities(self, prediction: Prediction) -> bool:
+        """Add or update the probability layer and keep the probabilities; True if a layer was added."""
         self.prediction = prediction
         if prediction.temporary and prediction.store is not None:
             self._temporary_stores.add(str(prediction.store))
         name, _ = output_names(prediction.image_name)
         style = {"colormap": "magma", "blending": "additive", "opacity": 0.5,
                  "contrast_limits": (0.0, 1.0)}
-        self._put_layer(Image, "probabilities", name, prediction, prediction.foreground(), style)
+        before = self._own_layer(Image, "probabilities", prediction.image_name, name)
+        layer = self._put_layer(Image, "probabilities", name, prediction, prediction.foreground(), style)
         self.labels_result = None
-        self._show_labels(prediction, labels)
-        if previous is not None and previous is not prediction:
-            self._collect_stores()
+        return layer is not before
 
     def _show_labels(self, prediction: Prediction, labels: LabelsResult) -> None:
         _, name = output_names(prediction.image_name)
