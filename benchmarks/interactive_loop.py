@@ -85,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the Train panel's steps, raised so the run outlasts the budget")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the figures as JSON")
     parser.add_argument("--skip-forest", action="store_true", help="leave out the random forest")
+    parser.add_argument("--stall-stacks", action="store_true",
+                        help="sample the GUI thread's stack during stalls and print where the longest ones were")
     parser.add_argument("--skip-gui", action="store_true", help="leave out the napari session")
     parser.add_argument("--data", default=str(DATA), help="the Lucchi HDF5 file")
     return parser.parse_args(argv)
@@ -281,6 +283,61 @@ class StallMonitor:
         return max(self.max_by_phase.values(), default=0.0)
 
 
+class StallSampler:
+    """Where the GUI thread is during a stall: a thread samples its Python stack every few ms
+    while the monitor's timer is late, and keeps the samples of each stall of 100 ms or more.
+
+    Python frames only: a sample lands between two C calls (Qt, OpenGL) that hold the GIL, so it
+    names the Python code that made them.
+    """
+
+    def __init__(self, monitor: StallMonitor, every_ms: float = 5.0, late_ms: float = 40.0) -> None:
+        import threading
+
+        self.monitor = monitor
+        self.every = every_ms / 1000.0
+        self.late = late_ms / 1000.0
+        self.main_id = threading.main_thread().ident
+        self.stalls: list[tuple[float, str, list[str]]] = []  # (ms, phase, most frequent stack)
+        self._samples: list[tuple[str, ...]] = []
+        self._since: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stall-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from collections import Counter
+
+        while not self._stop.wait(self.every):
+            last = self.monitor.last
+            if time.perf_counter() - last > self.late:
+                frame = sys._current_frames().get(self.main_id)
+                stack = []
+                while frame is not None and len(stack) < 40:
+                    code = frame.f_code
+                    stack.append(f"{Path(code.co_filename).name}:{frame.f_lineno} {code.co_name}")
+                    frame = frame.f_back
+                self._since = last
+                self._samples.append(tuple(stack))
+            elif self._since is not None:  # the stall ended
+                ms = (last - self._since) * 1000.0
+                if self._samples and ms >= 100.0:
+                    frames = Counter(f for sample in self._samples for f in set(sample))
+                    common = [f for f, n in frames.most_common() if n >= len(self._samples) / 3]
+                    self.stalls.append((ms, self.monitor.phase, common[:25]))
+                self._samples, self._since = [], None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(1.0)
+
+    def report(self) -> None:
+        for ms, phase, frames in sorted(self.stalls, reverse=True)[:8]:
+            print(f"stall of ~{ms:.0f} ms in {phase!r}; frames in a third or more of its samples:")
+            for frame in frames:
+                print(f"    {frame}")
+
+
 def wait_until(condition: Callable[[], bool], timeout: float, poll_ms: int = 20) -> bool:
     """Run the Qt event loop until condition() holds (polled every poll_ms) or timeout seconds."""
     from qtpy.QtCore import QEventLoop, QTimer
@@ -299,7 +356,7 @@ def wait_until(condition: Callable[[], bool], timeout: float, poll_ms: int = 20)
 
 
 def run_gui(image: np.ndarray, truth: np.ndarray, painted: np.ndarray, budget: float, steps: int,
-            output: str) -> dict[str, Any]:
+            output: str, stall_stacks: bool = False) -> dict[str, Any]:
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -312,6 +369,7 @@ def run_gui(image: np.ndarray, truth: np.ndarray, painted: np.ndarray, budget: f
     viewer.add_labels(painted, name=LABELS_NAME)
     app.processEvents()
     monitor = StallMonitor()
+    sampler = StallSampler(monitor) if stall_stacks else None
     monitor.start("open dock")
     _, dock = viewer.window.add_plugin_dock_widget("napari-connectomics", "Connectomics")
     wait_until(lambda: False, 1.0)  # a user looks at the dock for a moment
@@ -415,6 +473,9 @@ def run_gui(image: np.ndarray, truth: np.ndarray, painted: np.ndarray, budget: f
     rss_after = rss_mb()
     engine_loaded = sorted(name for name in ("torch", "lightning", "monai") if name in sys.modules)
     monitor.stop()
+    if sampler is not None:
+        sampler.stop()
+        sampler.report()
     viewer.close()
     return {"defaults": defaults, "first_loss_s": first["loss"], "first_preview_s": first["preview"],
             "checkpoints": rows, "outside_training_s": outside, "max_stall_ms": monitor.max_ms,
@@ -520,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_gui:
         output = tempfile.mkdtemp(prefix="interactive_loop_")
         print(f"napari session: {args.seconds:g} s of training, runs under {output}", flush=True)
-        result["gui"] = run_gui(image, truth, painted, args.seconds, args.steps, output)
+        result["gui"] = run_gui(image, truth, painted, args.seconds, args.steps, output, args.stall_stacks)
     if not args.skip_forest:
         print("random forest ...", flush=True)
         result["forest"] = run_forest(image, truth, painted)

@@ -103,3 +103,6 @@ def test_training_output_shows_no_library_noise(tmp_path):
     verbose = run_cli("demo", "--steps", "2", "--output", str(tmp_path / "verbose"), "--verbose")
     assert verbose.returncode == 0 and "litlogger" in verbose.stderr
     assert run_cli("info", "mednext", "-q").returncode == 0
+    silent = run_cli("demo", "--steps", "2", "--output", str(tmp_path / "silent"), "-q")
+    assert silent.returncode == 0, silent.stderr
+    assert "GPU available" in quiet.stderr and "GPU available" not in silent.stderr  # Lightning's INFO lines

@@ -54,11 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", parents=[common], help="segment a volume with a checkpoint (sliding window, block-wise, any size)")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint of napari-connectomics train")
-    p.add_argument("--input", required=True, metavar="PATH[:key]", help="volume: file.h5:key, file.zarr/array, .tif, .npy, image.ome.zarr (level 0) or image.ome.zarr/LEVEL")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT",
+                   help="a checkpoint of napari-connectomics train, or a BioImage.IO model (model.zip, rdf.yaml)")
+    p.add_argument("--input", required=True, metavar="PATH[:key]", help="volume: file.h5:key, file.zarr/array, .tif, .npy, image.ome.zarr (level 0) or image.ome.zarr/LEVEL, "
+                        "a Neuroglancer precomputed folder (or precomputed://PATH, file:///PATH; scale 0) or vol/SCALE")
     p.add_argument("--output", required=True, metavar="PATH[:key]",
                    help="pred.zarr or pred.h5 (array 'probabilities'; 'labels' beside it with --threshold/--instances), "
-                        "or pred.ome.zarr (OME-Zarr with a pyramid; labels under pred.ome.zarr/labels/labels)")
+                        "or pred.ome.zarr (OME-Zarr with a pyramid; labels under pred.ome.zarr/labels/labels), "
+                        "or pred.precomputed (Neuroglancer precomputed volumes 'probabilities', float32 or uint8, "
+                        "and 'labels', a uint32 segmentation)")
     p.add_argument("--window", type=_ints, metavar="Z,Y,X", help="sliding window (default: the training patch)")
     p.add_argument("--overlap", type=float, help="fraction of a window shared with its neighbour")
     p.add_argument("--batch", type=int, help="windows per forward pass")
@@ -115,6 +119,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", metavar="BASE.yaml", help="PyTC's --config-base: merged before LEGACY.yaml")
     p.add_argument("--force", action="store_true", help="replace an existing NEW.yaml")
     p.set_defaults(func=cmd_convert_config)
+
+    p = sub.add_parser("export-bioimageio", parents=[common],
+                       help="package a checkpoint as a BioImage.IO model (bioimage.io zoo, ilastik, deepImageJ, Fiji)")
+    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint of napari-connectomics train")
+    p.add_argument("-o", "--output", required=True, metavar="MODEL.zip", help="the package to write")
+    p.add_argument("--name", help="model name (default: from the architecture and target)")
+    p.add_argument("--author", action="append", dest="authors", metavar="NAME",
+                   help="an author (repeat for several; default: napari-connectomics team)")
+    p.add_argument("--license", default="MIT", help="SPDX license of the weights (default MIT)")
+    p.add_argument("--sample", metavar="PATH[:key]",
+                   help="volume whose centre becomes the test input (default: synthetic EM)")
+    p.add_argument("--no-torchscript", dest="torchscript", action="store_false",
+                   help="state-dict weights only (for networks that cannot be traced)")
+    p.add_argument("--no-test", dest="test", action="store_false",
+                   help="skip bioimageio.core's test of the written package")
+    p.add_argument("--force", action="store_true", help="replace an existing MODEL.zip")
+    p.set_defaults(func=cmd_export_bioimageio)
     return parser
 
 
@@ -142,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (args.verbose or args.debug):
         from .training.quiet import quiet_libraries
 
-        quiet_libraries()
+        quiet_libraries(level)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -321,9 +342,9 @@ class _ProgressBar:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference.predict import PredictOptions, predict, prepare_input
     from .inference.stores import OutputSpaceError, parse_output
-    from .models.checkpoint import config_from_checkpoint, load_checkpoint
+    from .models.checkpoint import checkpoint_config
 
-    cfg = config_from_checkpoint(load_checkpoint(args.checkpoint), source=repr(args.checkpoint))
+    cfg = checkpoint_config(args.checkpoint)  # a checkpoint, or a BioImage.IO model (model.zip, rdf.yaml)
     options = PredictOptions.from_config(
         cfg, window=args.window, overlap=args.overlap, batch_size=args.batch, tta=args.tta, device=args.device,
         block_size=args.block, roi=args.roi, output_dtype=args.output_dtype, memory_limit_mb=args.memory_limit_mb)
@@ -398,7 +419,9 @@ def _write_labels(result: Any, key: str, cfg: Any, method: str, threshold: float
                 whole /= np.float32(scale)
             labels = postprocess(whole, method, threshold=threshold, min_size=min_size, channel_layout=layout)
             dtype = labels_dtype(labels)
-            writer.create(shape, dtype)[...] = labels
+            array = writer.create(shape, dtype)
+            array[...] = labels
+            dtype = np.dtype(array.dtype)  # as stored (precomputed labels are uint32)
             top = int(labels.max(initial=0))
         else:
             size = tuple(min(b, n) for b, n in zip(LABEL_BLOCK, shape))
@@ -406,8 +429,9 @@ def _write_labels(result: Any, key: str, cfg: Any, method: str, threshold: float
             made: list[Any] = []
 
             def create(dtype: Any) -> Any:
-                made.append(np.dtype(dtype))
-                return writer.create(shape, dtype)
+                array = writer.create(shape, dtype)
+                made.append(np.dtype(array.dtype))  # as stored (precomputed labels are uint32)
+                return array
 
             top = postprocess_blockwise(
                 probabilities, method, create, scratch=lambda: writer.create(shape, np.uint32, final=False),
@@ -423,7 +447,7 @@ def _prediction_source(spec: str) -> Any:
     from .data.volumes import list_arrays, open_volume, parse_volume_path
 
     path, key = parse_volume_path(spec)
-    if (key is None and path.exists() and path.suffix in (".h5", ".hdf5", ".zarr")
+    if (key is None and path.exists() and path.suffix in (".h5", ".hdf5", ".zarr", ".precomputed")
             and {"labels", "labels/labels/0"} & set(list_arrays(path))):  # OME-Zarr: labels/labels
         key = "labels"
     return open_volume(path if key is None else f"{path}:{key}")
@@ -503,6 +527,26 @@ def cmd_convert_config(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}: {len(conversion.mapped)} of {len(conversion.legacy)} keys converted, "
           f"{len(conversion.unmapped)} not (listed on stderr and at the top of the file); "
           f"train with: napari-connectomics train --config {args.output}")
+    return 0
+
+
+def cmd_export_bioimageio(args: argparse.Namespace) -> int:
+    from .models.bioimageio import export_bioimageio
+
+    result = export_bioimageio(args.checkpoint, args.output, force=args.force, name=args.name,
+                               license=args.license, authors=args.authors or (), sample=args.sample,
+                               torchscript=args.torchscript, test=args.test)
+    summary = {
+        "output": str(result.path), "weights": ", ".join(result.weights),
+        "axes": ", ".join(result.axes), "tile": result.tile,
+        "test input": "x".join(map(str, result.test_shape)),
+        "preprocessing": "; ".join(result.preprocessing) or "none",
+        "postprocessing": ", ".join(result.postprocessing),
+        "bioimageio test": result.test_status,
+    }
+    width = max(map(len, summary))
+    for key, value in summary.items():
+        print(f"{key:<{width}}  {value}")
     return 0
 
 

@@ -13,14 +13,25 @@ _LIGHTNING_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric
 
 
 class _DropAdvert(logging.Filter):
+    """Drops the advertisement, and messages under ``level``: Lightning logs through its own
+    handler at INFO (set when it is imported), so the CLI's ``--quiet`` must be applied here."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith(_ADVERT)
+        return record.levelno >= self.level and not str(record.getMessage()).startswith(_ADVERT)
 
 
-def quiet_libraries() -> None:
-    """Install the filters (idempotent); imports nothing heavy."""
+def quiet_libraries(level: int = logging.INFO) -> None:
+    """Install the filters (idempotent: a second call sets the level); imports nothing heavy."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    logging.getLogger("lightning").propagate = False  # it prints through its own handler: once is enough
     for name in _LIGHTNING_LOGGERS:
         log = logging.getLogger(name)
-        if not any(isinstance(f, _DropAdvert) for f in log.filters):
-            log.addFilter(_DropAdvert())
+        installed = [f for f in log.filters if isinstance(f, _DropAdvert)]
+        if installed:
+            installed[0].level = level
+        else:
+            log.addFilter(_DropAdvert(level))
