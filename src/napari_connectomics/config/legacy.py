@@ -476,6 +476,13 @@ def _augment(section: str, scale: float = 1.0) -> Callable[[Any, _Context], floa
     return convert
 
 
+def _augmentor(section: str, field: str, scale: float = 1.0, also: tuple[str, ...] = ()) -> dict[str, Map]:
+    """The rows of one PyTC augmentor (``<section>: bool``, ``.ENABLED``, ``.P`` and ``also``), all
+    read by one converter into ``data.augmentation.<field>``."""
+    row = Map(f"data.augmentation.{field}", _augment(section, scale))
+    return {f"AUGMENTOR.{section}{suffix}": row for suffix in ("", ".ENABLED", ".P", *also)}
+
+
 def _tta(value: Any, ctx: _Context) -> bool:
     if ctx.get("INFERENCE.AUG_MODE") != "mean":
         raise Unmapped("test-time augmentation here averages (mean); min/max are not available")
@@ -602,37 +609,20 @@ LEGACY_KEYS: dict[str, Rule] = {
     "AUGMENTOR.SMOOTH": "labels are not smoothed after augmentation",
     "AUGMENTOR.ADDITIONAL_TARGETS_NAME": "image and label are augmented together",
     "AUGMENTOR.ADDITIONAL_TARGETS_TYPE": "image and label are augmented together",
-    "AUGMENTOR.ROTATE": Map("data.augmentation.rotate90", _augment("ROTATE")),
-    "AUGMENTOR.ROTATE.ENABLED": Map("data.augmentation.rotate90", _augment("ROTATE")),
-    "AUGMENTOR.ROTATE.P": Map("data.augmentation.rotate90", _augment("ROTATE")),
-    "AUGMENTOR.ROTATE.ROT90": Map("data.augmentation.rotate90", _augment("ROTATE")),
-    "AUGMENTOR.RESCALE": Map("data.augmentation.affine", _augment("RESCALE")),
-    "AUGMENTOR.RESCALE.ENABLED": Map("data.augmentation.affine", _augment("RESCALE")),
-    "AUGMENTOR.RESCALE.P": Map("data.augmentation.affine", _augment("RESCALE")),
-    "AUGMENTOR.FLIP": Map("data.augmentation.flip", _augment("FLIP", 0.5)),
-    "AUGMENTOR.FLIP.ENABLED": Map("data.augmentation.flip", _augment("FLIP", 0.5)),
-    "AUGMENTOR.FLIP.P": Map("data.augmentation.flip", _augment("FLIP", 0.5)),
+    **_augmentor("ROTATE", "rotate90", also=(".ROT90",)),
+    **_augmentor("RESCALE", "affine"),
+    **_augmentor("FLIP", "flip", 0.5),
     "AUGMENTOR.FLIP.DO_ZTRANS": "z-x transposes have no counterpart (flips and in-plane rotations only)",
-    "AUGMENTOR.ELASTIC": Map("data.augmentation.elastic", _augment("ELASTIC")),
-    "AUGMENTOR.ELASTIC.ENABLED": Map("data.augmentation.elastic", _augment("ELASTIC")),
-    "AUGMENTOR.ELASTIC.P": Map("data.augmentation.elastic", _augment("ELASTIC")),
+    **_augmentor("ELASTIC", "elastic"),
     "AUGMENTOR.ELASTIC.*": "the strength of the elastic deformation is fixed here",
-    "AUGMENTOR.GRAYSCALE": Map("data.augmentation.intensity", _augment("GRAYSCALE")),
-    "AUGMENTOR.GRAYSCALE.ENABLED": Map("data.augmentation.intensity", _augment("GRAYSCALE")),
-    "AUGMENTOR.GRAYSCALE.P": Map("data.augmentation.intensity", _augment("GRAYSCALE")),
+    **_augmentor("GRAYSCALE", "intensity"),
     "AUGMENTOR.MISSINGPARTS": "missing-parts (blanked patches) augmentation has no counterpart",
     "AUGMENTOR.MISSINGPARTS.*": "missing-parts (blanked patches) augmentation has no counterpart",
-    "AUGMENTOR.MISSINGSECTION": Map("data.augmentation.missing_section", _augment("MISSINGSECTION")),
-    "AUGMENTOR.MISSINGSECTION.ENABLED": Map("data.augmentation.missing_section", _augment("MISSINGSECTION")),
-    "AUGMENTOR.MISSINGSECTION.P": Map("data.augmentation.missing_section", _augment("MISSINGSECTION")),
+    **_augmentor("MISSINGSECTION", "missing_section"),
     "AUGMENTOR.MISSINGSECTION.*": "the number of blanked sections is fixed here",
-    "AUGMENTOR.MISALIGNMENT": Map("data.augmentation.misalignment", _augment("MISALIGNMENT")),
-    "AUGMENTOR.MISALIGNMENT.ENABLED": Map("data.augmentation.misalignment", _augment("MISALIGNMENT")),
-    "AUGMENTOR.MISALIGNMENT.P": Map("data.augmentation.misalignment", _augment("MISALIGNMENT")),
+    **_augmentor("MISALIGNMENT", "misalignment"),
     "AUGMENTOR.MISALIGNMENT.*": "the displacement of the misalignment is fixed here",
-    "AUGMENTOR.MOTIONBLUR": Map("data.augmentation.motion_blur", _augment("MOTIONBLUR")),
-    "AUGMENTOR.MOTIONBLUR.ENABLED": Map("data.augmentation.motion_blur", _augment("MOTIONBLUR")),
-    "AUGMENTOR.MOTIONBLUR.P": Map("data.augmentation.motion_blur", _augment("MOTIONBLUR")),
+    **_augmentor("MOTIONBLUR", "motion_blur"),
     "AUGMENTOR.MOTIONBLUR.*": "the sections and kernel of the motion blur are fixed here",
     "AUGMENTOR.CUTBLUR": "CutBlur augmentation has no counterpart",
     "AUGMENTOR.CUTBLUR.*": "CutBlur augmentation has no counterpart",
