@@ -22,6 +22,11 @@ Rules (see DESIGN.md, "Conventions for data"):
   multiscale layer (all levels, lazy) with the voxel size and origin of level 0 as ``scale`` /
   ``translate``, a ``c`` axis split into channels; each image under its ``labels/`` group is a
   multiscale Labels layer.
+* A Neuroglancer precomputed volume (a folder with an ``info`` file) is one lazy layer (all scales,
+  finest first, a multiscale layer when there are several; tensorstore through dask) with the
+  resolution (nm) as ``scale`` and ``voxel_offset * resolution`` as ``translate``: type
+  ``segmentation`` is a Labels layer, ``image`` an Image layer (channels split, probabilities
+  blended additively). A folder of precomputed volumes (``pred.precomputed``) gives one layer each.
 * A file that is not ours or cannot be read gives ``None`` from :func:`napari_get_reader`; an array
   that cannot be read is skipped with a warning, never an exception in napari.
 
@@ -31,6 +36,7 @@ Only numpy and :mod:`napari_connectomics.data.volumes` are imported here (no tor
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -49,7 +55,7 @@ LAZY_THRESHOLD_BYTES = 512 * 2**20  # arrays above this stay on disk (dask)
 MAX_SAMPLE_VALUES = 64  # an unnamed unsigned array with at most this many values in a crop is Labels
 _SAMPLE_SHAPE = (32, 64, 64)  # trailing axes of the central crop used by that rule
 
-_SUFFIXES = (".h5", ".hdf5", ".zarr")
+_SUFFIXES = (".h5", ".hdf5", ".zarr", ".precomputed")
 _LABEL_WORDS = ("label", "labels", "seg", "gt", "mask", "instances", "truth")
 _IMAGE_WORDS = {"raw", "image", "img", "em", "input", "intensity", "data", "volume"}
 
@@ -67,6 +73,8 @@ def napari_get_reader(path: str | Sequence[str]) -> Callable[[Any], list[LayerDa
 
 def _readable(path: str | os.PathLike) -> bool:
     text = os.fsdecode(os.fspath(path)).rstrip("/\\")
+    if _precomputed_volumes(Path(text)):
+        return True
     if not text.lower().endswith(_SUFFIXES):
         return False
     try:
@@ -93,6 +101,14 @@ def read_layers(path: str | Sequence[str]) -> list[LayerData]:
     layers: list[LayerData] = []
     for item in paths:
         file = Path(os.fsdecode(os.fspath(item)).rstrip("/\\"))
+        volumes = _precomputed_volumes(file)
+        if volumes:
+            for volume in volumes:
+                try:
+                    layers.append(_precomputed_layer(file, volume))
+                except Exception as err:  # one bad volume must not hide the others
+                    logger.warning("napari-connectomics: skipping %s (%s)", volume, err)
+            continue
         if _is_ome_zarr(file):
             layers.extend(_ome_layers(file))
             continue
@@ -207,6 +223,57 @@ def _ome_layer(file: Path, image: Any, labels: bool) -> LayerData:
                         contrast_limits=(0, 255) if volume.dtype == np.uint8 else (0.0, 1.0))
         return data, meta, "image"
     return data, meta, "labels" if _is_labels(name, volume) else "image"
+
+
+# --------------------------------------------------------------------------------------------
+# Neuroglancer precomputed: one lazy layer per volume (all scales)
+# --------------------------------------------------------------------------------------------
+
+
+def _precomputed_volumes(path: Path) -> list[Path]:
+    """The precomputed volume folders ``path`` is (itself) or holds (a container); [] otherwise."""
+    from napari_connectomics.data.precomputed import is_volume_dir, list_volumes
+
+    try:
+        if is_volume_dir(path):
+            return [path]
+        return [path / name for name in list_volumes(path)] if path.is_dir() else []
+    except OSError:
+        return []
+
+
+def _precomputed_layer(file: Path, folder: Path) -> LayerData:
+    """A volume's scales (finest first) as dask arrays over tensorstore, with its voxel grid."""
+    import dask.array as da
+
+    from napari_connectomics.data.precomputed import TensorArray, read_info
+
+    info = read_info(folder)
+    scales = sorted(info.scales, key=lambda s: (math.prod(s.resolution), s.index))
+    levels = []
+    for scale in scales:
+        array = TensorArray(folder, scale.key)
+        if levels and any(n > m for n, m in zip(array.shape, levels[-1].shape)):
+            continue  # not a downsampling of the level above: napari needs decreasing sizes
+        levels.append(da.from_array(array, chunks=array.chunks, asarray=True, fancy=False,
+                                    name=f"connectomics-precomputed-{folder}-{scale.key}"))
+    top = scales[0]
+    stem = file.name.removesuffix(".precomputed") if file.name.lower().endswith(".precomputed") else file.name
+    name = stem if folder == file else f"{stem}:{folder.name}"
+    meta: dict[str, Any] = {"name": name, "scale": top.voxel_size, "translate": top.origin,
+                            "metadata": {"source": f"{folder}:{top.key}", "precomputed": info.type}}
+    data: Any = levels if len(levels) > 1 else levels[0]
+    meta["multiscale"] = len(levels) > 1
+    if info.type == "segmentation":
+        return data, meta, "labels"
+    if info.num_channels > 1:
+        meta.update(channel_axis=0, name=[f"{name}[{c}]" for c in range(info.num_channels)])
+        if "prob" in folder.name.lower():
+            meta.update(blending="additive",
+                        contrast_limits=(0, 255) if info.dtype == np.uint8 else (0.0, 1.0))
+    elif "prob" in folder.name.lower():
+        meta.update(contrast_limits=(0, 255) if info.dtype == np.uint8 else (0.0, 1.0))
+    return data, meta, "image"
 
 
 def _data(volume: Volume) -> Any:

@@ -109,8 +109,14 @@ def is_hdf5(container: Any) -> bool:
 
 
 def create_container(path: Path, kind: str) -> Any:
-    """A new, empty Zarr group or HDF5 file at ``path`` (an existing one is replaced); an HDF5
-    file must be closed by the caller."""
+    """A new, empty Zarr group, HDF5 file or folder of precomputed volumes at ``path`` (an
+    existing one is replaced); an HDF5 file must be closed by the caller."""
+    if kind == "precomputed":
+        from .precomputed import PrecomputedGroup
+
+        remove(path)
+        path.mkdir(parents=True)
+        return PrecomputedGroup(path)
     if kind == "zarr":
         import zarr
 
@@ -121,7 +127,11 @@ def create_container(path: Path, kind: str) -> Any:
 
 
 def open_container(path: Path, kind: str) -> Any:
-    """A Zarr group or an HDF5 file opened for appending."""
+    """A Zarr group, an HDF5 file or a folder of precomputed volumes opened for appending."""
+    if kind == "precomputed":
+        from .precomputed import PrecomputedGroup
+
+        return PrecomputedGroup(path)
     if kind == "zarr":
         import zarr
 
@@ -139,7 +149,12 @@ def open_container(path: Path, kind: str) -> Any:
 
 
 def open_array(path: Path, key: str, kind: str, mode: str = "r") -> Any:
-    """A stored array: zarr.Array, or h5py.Dataset (its file stays open)."""
+    """A stored array: zarr.Array, h5py.Dataset (its file stays open), or a precomputed volume
+    ``path/key`` (:class:`.precomputed.TensorArray`, (c,) z, y, x)."""
+    if kind == "precomputed":
+        from .precomputed import open_output_array
+
+        return open_output_array(Path(path) / key, writable=mode != "r")
     if kind == "zarr":
         import zarr
 

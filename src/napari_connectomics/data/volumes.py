@@ -3,8 +3,10 @@
 Training, inference and napari's reader all go through :func:`open_volume`, so a volume is named the
 same way everywhere (see DESIGN.md, "Command line"): ``file.h5:dataset``, ``file.zarr:array`` or
 ``file.zarr/array``, ``file.tif``, ``dir/*.tif`` (a stack of 2D slices), ``file.npy``, and OME-Zarr
-images: ``image.ome.zarr`` (level 0), ``image.ome.zarr/1`` (another level; see :mod:`.ome_zarr`). A
-:class:`Volume` reads only what is indexed, so volumes far larger than RAM work, and it pickles
+images: ``image.ome.zarr`` (level 0), ``image.ome.zarr/1`` (another level; see :mod:`.ome_zarr`), and
+Neuroglancer precomputed volumes: a folder with an ``info`` file, ``precomputed://PATH`` or
+``file:///PATH`` (scale 0), ``vol/N`` (scale N; see :mod:`.precomputed`). ``file://`` URLs name any
+local volume. A :class:`Volume` reads only what is indexed, so volumes far larger than RAM work, and it pickles
 without file handles, so PyTorch DataLoader workers (fork or spawn) reopen the file themselves.
 
 Writing is :mod:`.volume_io`'s job. napari imports this module at start-up: h5py, zarr and tifffile are imported only when a file of
@@ -47,7 +49,8 @@ _MAX_NAMES_SHOWN = 12
 
 SUPPORTED_FORMATS = (
     ".h5/.hdf5/.hdf (file.h5:dataset), .zarr (store.zarr:array or store.zarr/array), "
-    ".tif/.tiff, .npy, OME-Zarr (image.ome.zarr, image.ome.zarr/LEVEL), or a glob of 2D TIFF slices (dir/*.tif)"
+    ".tif/.tiff, .npy, OME-Zarr (image.ome.zarr, image.ome.zarr/LEVEL), Neuroglancer precomputed "
+    "(a folder with an info file, precomputed://PATH, vol/SCALE), or a glob of 2D TIFF slices (dir/*.tif)"
 )
 
 
@@ -149,6 +152,31 @@ class _DropLeading:
     def __getitem__(self, index: Any) -> Any:
         items = index if isinstance(index, tuple) else (index,)
         return self.array[(0,) * self.n + items]
+
+
+class _PrecomputedBackend:
+    """One scale of a Neuroglancer precomputed volume (tensorstore), (c,) z, y, x, with its voxel
+    size (resolution, nm) and origin (voxel_offset * resolution) as ``scale`` / ``translate``."""
+
+    def __init__(self, path: Path, scale: str | None):
+        from .precomputed import PrecomputedError, read_info, tensorstore
+
+        try:
+            tensorstore()  # installed? (one line saying how, before anything else)
+            info = read_info(path)
+            chosen = info.scale(scale)
+        except PrecomputedError as err:
+            raise VolumeError(str(err)) from None
+        self.path, self.key = path, chosen.key
+        lead = (1.0,) * (len(info.shape_of(chosen)) - 3)
+        self.scale = lead + chosen.voxel_size
+        self.translate = (0.0,) * len(lead) + chosen.origin
+        self.description = f"{path}:{chosen.key}"
+
+    def open(self) -> _Opened:
+        from .precomputed import TensorArray
+
+        return TensorArray(self.path, self.key), None
 
 
 class _TiffBackend:
@@ -431,6 +459,16 @@ def _open_path(spec: str | os.PathLike, key: str | None) -> Volume:
 
 
 def _path_backend(spec: str | os.PathLike, key: str | None) -> Any:
+    from . import precomputed
+
+    if precomputed.claims(spec):
+        try:
+            folder, scale = precomputed.locate(spec, key)
+        except precomputed.PrecomputedError as err:
+            raise VolumeError(str(err)) from None
+        return _PrecomputedBackend(folder, scale)
+    if os.fsdecode(os.fspath(spec)).lower().startswith(precomputed.FILE_PREFIX):
+        spec = precomputed.strip_url(spec)[0]  # file:///data/raw.h5:raw names a local file
     path, spec_key = parse_volume_path(spec)
     if key is not None and spec_key is not None and _clean_key(key) != spec_key:
         raise VolumeError(f"{spec} names array {spec_key!r} but key={key!r} was also given; pass only one")
@@ -476,7 +514,10 @@ def _format_of(path: Path) -> str:
     if suffix in _NPY_SUFFIXES:
         return "npy"
     if path.is_dir():
-        raise VolumeError(f"{path} is a folder but not a Zarr store; for a stack of TIFF slices write {path}/*.tif")
+        from .precomputed import _listing
+
+        raise VolumeError(f"{path} is a folder but not a Zarr store or a Neuroglancer precomputed volume "
+                          f"(no info file); it holds {_listing(path)}; for a stack of TIFF slices write {path}/*.tif")
     raise VolumeError(f"cannot read {path}: unsupported format {suffix or '(no suffix)'!r}; "
                       f"use {SUPPORTED_FORMATS}")
 
@@ -627,9 +668,15 @@ def _tiff_stack_backend(pattern: str) -> _TiffStackBackend:
 def list_arrays(path: str | os.PathLike) -> list[str]:
     """Names of the arrays in an HDF5 file or Zarr store (nested as ``'group/array'``), sorted.
 
-    Files that hold one unnamed array (TIFF, .npy, a glob of slices, a Zarr array at the root)
-    give ``[]``: open them without a key.
+    Files that hold one unnamed array (TIFF, .npy, a glob of slices, a Zarr array at the root, a
+    precomputed volume) give ``[]``: open them without a key. A folder of precomputed volumes
+    (``pred.precomputed``) gives their names.
     """
+    from . import precomputed
+
+    if precomputed.claims(path):
+        folder = Path(precomputed.strip_url(path)[0]).expanduser()
+        return [] if precomputed.is_volume_dir(folder) else precomputed.list_volumes(folder)
     file, _ = parse_volume_path(path)
     if _GLOB_CHARS.search(str(file)):
         return []

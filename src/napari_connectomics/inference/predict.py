@@ -43,8 +43,8 @@ Scale-out with dask
 single-threaded worker processes on this machine; ``address='host:port'`` sends the blocks to a
 running scheduler instead. Each worker loads the model from the checkpoint once and keeps it;
 workers must see the checkpoint, the input and the output at the same paths (a shared file
-system), and the output must be Zarr (blocks go to their own chunks concurrently; HDF5 cannot be
-written by several processes). On a SLURM cluster with dask-jobqueue::
+system), and the output must be Zarr or precomputed (blocks go to their own chunks concurrently;
+HDF5 cannot be written by several processes). On a SLURM cluster with dask-jobqueue::
 
     from dask_jobqueue import SLURMCluster
     from distributed import Client
@@ -102,6 +102,7 @@ from .stores import (
     parse_output,
     planned_bytes,
     size_text,
+    stored_dtype,
 )
 from .windows import (
     Block,
@@ -186,7 +187,8 @@ def predict(
     ``checkpoint_or_model``: a checkpoint path (model and config from it), or a model with its
     training config as ``cfg``. ``volume``: a path spec (``raw.h5:raw``), an array (numpy, dask,
     napari layer data) or a Volume. ``output``: ``pred.zarr[:key]``, ``pred.h5[:key]`` or
-    ``pred.ome.zarr`` (OME-Zarr with a pyramid and the input's voxel size), written under a
+    ``pred.ome.zarr`` (OME-Zarr with a pyramid and the input's voxel size) or ``pred.precomputed``
+    (Neuroglancer precomputed volumes; float16 is stored as float32), written under a
     temporary name and renamed when complete; an existing one is refused unless
     ``overwrite``. ``stop_event`` cancels between window batches: the partial output is removed
     and the result says ``cancelled=True``. ``scheduler='dask'`` (with ``address`` or a local
@@ -251,6 +253,10 @@ def _make_plan(checkpoint_or_model: Any, volume: Any, options: PredictOptions | 
     """Load, check and decide; cheap checks first, the intensity statistics last."""
     model, cfg, checkpoint = _load(checkpoint_or_model, cfg)
     options = options if options is not None else PredictOptions.from_config(cfg)
+    if stored_dtype(spec, options.output_dtype) != options.output_dtype:  # precomputed: no float16
+        logger.info("%s is not a precomputed data type: the probabilities are stored as %s",
+                    options.output_dtype, stored_dtype(spec, options.output_dtype))
+        options = dataclasses.replace(options, output_dtype=stored_dtype(spec, options.output_dtype))
     source = prepare_input(volume, int(cfg.model.in_channels), options.roi)
     if spec is not None:
         _refuse_input_as_output(source.volume, spec)
@@ -261,8 +267,9 @@ def _make_plan(checkpoint_or_model: Any, volume: Any, options: PredictOptions | 
                             fixed=getattr(model, "fixed_input_size", None))
     device = resolve_device(options.device) if scheduler == "local" else torch.device("cpu")
     grid = make_grid(source.shape, window, options.overlap)
+    activation = getattr(model, "output_activation", None) or activation_for(cfg)  # BioImage.IO: its own
     job = BlockJob(grid, options.batch_size, options.blending, options.padding_mode,
-                   activation_for(cfg), options.tta, spatial_dims, options.device)
+                   activation, options.tta, spatial_dims, options.device)
     blocks, slabs = _plan_blocks(grid, options, int(cfg.model.in_channels),
                                  int(cfg.model.out_channels), scheduler,
                                  prefetch=scheduler == "local" and engines.overlap_io(device))
@@ -289,6 +296,9 @@ def _check_resume(resume: bool, spec: OutputSpec | None) -> None:
         return
     if spec is None:
         raise ValueError("resume=True continues an output on disk: pass output='pred.zarr'")
+    if spec.kind == "precomputed":
+        raise ValueError(f"--resume needs a Zarr output: {spec.path} is a precomputed folder, "
+                         "which cannot be resumed yet; write to e.g. pred.zarr (or drop --resume)")
     if spec.kind != "zarr":
         raise ValueError(f"--resume needs a Zarr output: {spec.path} is HDF5, which a killed run "
                          "can leave unreadable; write to e.g. pred.zarr (or drop --resume)")
@@ -525,10 +535,11 @@ def _check_scheduler(scheduler: str | None, address: str | None, spec: OutputSpe
             raise ValueError("address= is for scheduler='dask'; "
                              "pass scheduler='dask' (--scheduler dask) with it")
         return scheduler
-    if spec is None or spec.kind != "zarr":
+    if spec is None or spec.kind not in ("zarr", "precomputed"):
         where = ("no output was given" if spec is None
                  else f"{spec.path} is HDF5, which several processes cannot write")
-        raise ValueError(f"scheduler='dask' writes blocks into a shared Zarr store but {where}; "
+        raise ValueError(f"scheduler='dask' writes blocks into a shared Zarr store (or precomputed "
+                         f"folder) but {where}; "
                          "pass output='pred.zarr' (--output pred.zarr)")
     if not isinstance(checkpoint_or_model, (str, os.PathLike)):
         raise ValueError("scheduler='dask' loads the model on each worker from a checkpoint: "
@@ -539,6 +550,7 @@ def _check_scheduler(scheduler: str | None, address: str | None, spec: OutputSpe
 def _refuse_input_as_output(volume: Volume, spec: OutputSpec) -> None:
     """Overwriting the file being read would destroy the input."""
     source, _ = parse_volume_path(volume.source)
-    if source.exists() and spec.path.exists() and source.resolve() == spec.path.resolve():
+    if source.exists() and spec.path.exists() and spec.path.resolve() in (
+            source.resolve(), *source.resolve().parents):  # also a volume inside it (precomputed)
         raise ValueError(f"the output {spec.path} is the input file; "
                          "write the prediction to another file")

@@ -13,7 +13,12 @@ that ``predict(..., resume=True)`` can continue it after the process was killed.
 Path specs: ``pred.zarr`` (a group holding the array ``probabilities``), ``pred.zarr:name`` or
 ``pred.zarr/name``, ``pred.h5`` and ``pred.h5:name``; ``pred.ome.zarr`` is an OME-Zarr image
 (probabilities as levels ``0``, ``1``, ... and labels as ``labels/<name>``, each with a pyramid
-built block by block from level 0 when the output is committed, see :mod:`..data.ome_zarr`).
+built block by block from level 0 when the output is committed, see :mod:`..data.ome_zarr`);
+``pred.precomputed`` or ``precomputed://PATH`` is a folder of Neuroglancer precomputed volumes
+(:mod:`..data.precomputed`): ``probabilities`` (type ``image``, float32 or uint8: float16 is not a
+precomputed data type, so it is stored as float32) and ``labels`` (type ``segmentation``,
+uint32), with the input's voxel size (nm) and origin, chunks aligned to the blocks. It is
+written like the others (a hidden temporary sibling renamed when complete) but cannot be resumed.
 Probabilities are stored channel-first
 (C, z, y, x) as float16, float32 or uint8 (probability * 255, rounded). Label volumes go beside
 them with :func:`write_labels` (uint16 when the ids fit, else uint32; never int64), or block by
@@ -26,6 +31,7 @@ import errno
 import logging
 import math
 import os
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -62,6 +68,7 @@ __all__ = [
     "OutputSpaceError",
     "OutputSpec",
     "OutputWriter",
+    "PrecomputedSink",
     "ZarrSink",
     "choose_chunks",
     "check_output",
@@ -72,6 +79,7 @@ __all__ = [
     "open_output",
     "parse_output",
     "planned_bytes",
+    "stored_dtype",
     "size_text",
     "to_storage",
     "write_labels",
@@ -91,7 +99,7 @@ class OutputSpec:
 
     path: Path
     key: str
-    kind: str  # 'zarr' or 'hdf5'
+    kind: str  # 'zarr', 'hdf5' or 'precomputed' (a folder of precomputed volumes)
     ome: bool = False  # an OME-Zarr image (pred.ome.zarr): key '0' is level 0 of its pyramid
 
     def __str__(self) -> str:
@@ -103,7 +111,11 @@ class OutputSpec:
 
 
 def parse_output(spec: str | os.PathLike, default_key: str = DEFAULT_ARRAY) -> OutputSpec:
-    """``pred.zarr[:key]`` / ``pred.h5[:key]`` -> :class:`OutputSpec` (one-line error otherwise)."""
+    """``pred.zarr[:key]`` / ``pred.h5[:key]`` / ``pred.precomputed[:key]`` ->
+    :class:`OutputSpec` (one-line error otherwise)."""
+    precomputed = _precomputed_output(spec, default_key)
+    if precomputed is not None:
+        return precomputed
     path, key = parse_volume_path(spec)
     suffix = path.suffix.lower()
     if path.name.lower().endswith(OME_ZARR_SUFFIX):
@@ -117,9 +129,43 @@ def parse_output(spec: str | os.PathLike, default_key: str = DEFAULT_ARRAY) -> O
         kind = "hdf5"
     else:
         raise ValueError(f"cannot write a prediction to {os.fsdecode(spec)}: name a Zarr store, "
-                         "an OME-Zarr image or an HDF5 file, e.g. pred.zarr, pred.zarr:probabilities, "
-                         "pred.ome.zarr or pred.h5:probs")
+                         "an OME-Zarr image, an HDF5 file or a precomputed folder, e.g. pred.zarr, "
+                         "pred.zarr:probabilities, pred.ome.zarr, pred.h5:probs or pred.precomputed")
     return OutputSpec(path, key or default_key, kind)
+
+
+def _precomputed_output(spec: str | os.PathLike, default_key: str) -> OutputSpec | None:
+    """``pred.precomputed[:key]``, ``pred.precomputed/key`` or ``precomputed://PATH`` (a folder of
+    precomputed volumes, ``key`` one of them); None for other outputs."""
+    from ..data.precomputed import PRECOMPUTED_SUFFIX, list_volumes, strip_url, tensorstore
+
+    text = os.fsdecode(os.fspath(spec))
+    lowered = text.lower()
+    if list_volumes(Path(text).expanduser()):  # a folder written as precomputed://PATH
+        return OutputSpec(Path(text).expanduser(), default_key, "precomputed")
+    if not (lowered.startswith("precomputed://") or PRECOMPUTED_SUFFIX in lowered):
+        return None
+    local, said = strip_url(text)
+    match = re.search(r"\.precomputed(?=$|[/\\:])", local, flags=re.IGNORECASE)
+    if match is None and not said:
+        return None
+    if match is not None:
+        head, key = local[:match.end()], local[match.end():].strip("/\\:")
+    else:  # precomputed://PATH[:key]
+        head, _, key = local.rpartition(":") if ":" in local.rsplit("/", 1)[-1] else (local, "", "")
+    if "/" in key or ":" in key:
+        raise ValueError(f"{text}: name one volume inside the precomputed folder, e.g. "
+                         f"{head}:{default_key}")
+    tensorstore()  # installed? (one line saying how, before any work)
+    return OutputSpec(Path(head).expanduser(), key or default_key, "precomputed")
+
+
+def stored_dtype(spec: OutputSpec | None, dtype: str) -> str:
+    """The probabilities dtype an output stores ``dtype`` as: float16 becomes float32 in a
+    precomputed output (precomputed has no float16); others keep it."""
+    if spec is not None and spec.kind == "precomputed" and str(dtype) == "float16":
+        return "float32"
+    return str(dtype)
 
 
 def check_output(spec: OutputSpec, overwrite: bool) -> None:
@@ -180,7 +226,7 @@ class OutputWriter:
         check_output(spec, overwrite)
         self.spec, self.overwrite = spec, overwrite
         self.voxel_size, self.origin = voxel_size, origin  # z, y, x (OME-Zarr metadata)
-        self.shape, self.dtype = tuple(int(n) for n in shape), np.dtype(str(dtype))
+        self.shape, self.dtype = tuple(int(n) for n in shape), np.dtype(stored_dtype(spec, dtype))
         self.chunks = (tuple(chunks) if chunks is not None
                        else choose_chunks(self.shape[0], self.shape[1:]))
         self.temporary = spec.sibling("partial")
@@ -195,9 +241,14 @@ class OutputWriter:
         remove(self.temporary)
         attributes = {"axes": "czyx", "dtype": str(self.dtype),
                       "scale": 255 if self.dtype == np.uint8 else 1, **dict(attrs or {})}
-        create = _create_zarr_array if spec.kind == "zarr" else _create_hdf5_dataset
-        self._file, self._array = create(self.temporary, spec.key, self.shape, self.dtype,
-                                         self.chunks, attributes)
+        if spec.kind == "precomputed":
+            self._file, self._array = _create_precomputed(self.temporary, spec.key, self.shape,
+                                                          self.dtype, self.chunks, attributes,
+                                                          voxel_size, origin)
+        else:
+            create = _create_zarr_array if spec.kind == "zarr" else _create_hdf5_dataset
+            self._file, self._array = create(self.temporary, spec.key, self.shape, self.dtype,
+                                             self.chunks, attributes)
         logger.debug("writing %s into %s", spec, self.temporary)
 
     def _adopt(self, partial: Path) -> None:
@@ -227,8 +278,11 @@ class OutputWriter:
         data = probabilities if stored else to_storage(probabilities, self.dtype)
         self._array[(slice(None), *region)] = data
 
-    def sink(self) -> ZarrSink:
-        """A picklable writer of the same temporary array, for worker processes (Zarr only)."""
+    def sink(self) -> ZarrSink | PrecomputedSink:
+        """A picklable writer of the same temporary array, for worker processes (Zarr and
+        precomputed; its blocks must align with the chunks)."""
+        if self.spec.kind == "precomputed":
+            return PrecomputedSink(str(self.temporary / self.spec.key), str(self.dtype))
         if self.spec.kind != "zarr":
             raise ValueError(f"{self.spec.path} is HDF5, which worker processes cannot write at "
                              "the same time; write to a Zarr store (e.g. pred.zarr) for dask")
@@ -302,6 +356,21 @@ class ZarrSink:
 
     def write(self, region: Sequence[slice], probabilities: np.ndarray) -> None:
         array = open_stored_array(Path(self.path), self.key, "zarr", mode="r+")
+        array[(slice(None), *region)] = to_storage(probabilities, self.dtype)
+
+
+@dataclass(frozen=True)
+class PrecomputedSink:
+    """Writes blocks into a precomputed volume from any process: tensorstore writes each chunk
+    file whole, so processes writing blocks aligned with the chunks never share a file."""
+
+    path: str
+    dtype: str
+
+    def write(self, region: Sequence[slice], probabilities: np.ndarray) -> None:
+        from ..data.precomputed import open_output_array
+
+        array = open_output_array(self.path, writable=True)
         array[(slice(None), *region)] = to_storage(probabilities, self.dtype)
 
 
@@ -442,11 +511,13 @@ def write_labels(path_spec: str | os.PathLike, labels: Any, name: str = "labels"
     spec = parse_output(path_spec, default_key=name)
     data = np.asarray(labels)
     data = data.astype(labels_dtype(data), copy=False)
-    if spec.ome:  # labels/<name> of the OME-Zarr image, with its own pyramid
+    if spec.ome or spec.kind == "precomputed":  # labels/<name> with a pyramid; a segmentation
         with LabelsWriter(path_spec, name, overwrite=overwrite) as writer:
-            writer.create(data.shape, data.dtype)[...] = data
+            array = writer.create(data.shape, data.dtype)
+            array[...] = data
             writer.commit()
-        logger.info("wrote %s labels %s to %s/labels/%s", data.dtype, data.shape, spec.path, name)
+        where = f"labels/{name}" if spec.ome else name
+        logger.info("wrote %s labels %s to %s/%s", array.dtype, data.shape, spec.path, where)
         return spec.path
     target = OutputSpec(spec.path, name, spec.kind)
     if not exists(spec.path):
@@ -609,6 +680,22 @@ def _create_zarr_array(path: Path, key: str, shape: tuple[int, ...], dtype: np.d
                               attrs=attrs, zarr_options={
                                   "compressors": _probability_codec(dtype),
                                   "config": {"write_empty_chunks": True}})
+
+
+def _create_precomputed(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype,
+                        chunks: Sequence[int], attrs: Mapping[str, Any],
+                        voxel_size: Sequence[float] | None,
+                        origin: Sequence[float] | None) -> tuple[None, Any]:
+    """(no file handle, the array) in a new folder ``path`` of precomputed volumes: volume
+    ``key`` of type image, its chunks the spatial ``chunks`` (every channel in each chunk), the
+    settings in its ``provenance`` file."""
+    from ..data.precomputed import create_volume, write_provenance
+
+    create_container(path, "precomputed")
+    array = create_volume(path / key, shape[1:], dtype, layer_type="image", channels=shape[0],
+                          chunks=tuple(chunks)[1:], voxel_size=voxel_size, origin=origin)
+    write_provenance(path / key, "napari-connectomics prediction", attrs)
+    return None, array
 
 
 def _probability_codec(dtype: np.dtype) -> Any:
