@@ -26,6 +26,8 @@ def activation_for(cfg: Any) -> str:
 
 
 def activate(logits: torch.Tensor, activation: str, dim: int = 1) -> torch.Tensor:
+    if activation == "identity":  # a BioImage.IO model without postprocessing: its output as is
+        return logits
     return torch.sigmoid(logits) if activation == "sigmoid" else torch.softmax(logits, dim=dim)
 
 

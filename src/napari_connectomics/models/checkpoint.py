@@ -24,6 +24,7 @@ __all__ = [
     "CONFIG_KEY",
     "CheckpointError",
     "atomic_torch_save",
+    "checkpoint_config",
     "config_container",
     "config_from_checkpoint",
     "load_checkpoint",
@@ -100,7 +101,16 @@ def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def load_model_from_checkpoint(path: str | os.PathLike,
                                map_location: Any = "cpu") -> tuple[torch.nn.Module, DictConfig]:
-    """Rebuild the network from the config inside the checkpoint and load its weights (strict)."""
+    """Rebuild the network from the config inside the checkpoint and load its weights (strict).
+
+    A BioImage.IO model (``model.zip``, ``rdf.yaml``, ``bioimageio.yaml`` or a folder holding one)
+    is read by :func:`.bioimageio.load_bioimageio_model` instead (on the CPU)."""
+    from .bioimageio import is_bioimageio_source
+
+    if is_bioimageio_source(path):
+        from .bioimageio import load_bioimageio_model
+
+        return load_bioimageio_model(path)
     from .build import build_model
 
     checkpoint = load_checkpoint(path, map_location)
@@ -111,6 +121,15 @@ def load_model_from_checkpoint(path: str | os.PathLike,
         raise CheckpointError(f"{str(path)!r} does not match its own config ({len(missing)} missing, "
                               f"{len(unexpected)} unexpected weights, e.g. {(missing or unexpected)[0]})")
     return model, cfg
+
+
+def checkpoint_config(path: str | os.PathLike) -> DictConfig:
+    """The config a checkpoint or BioImage.IO model predicts with, without building the network."""
+    from .bioimageio import bioimageio_config, is_bioimageio_source
+
+    if is_bioimageio_source(path):
+        return bioimageio_config(path)
+    return config_from_checkpoint(load_checkpoint(path), source=repr(str(path)))
 
 
 def config_container(cfg: DictConfig) -> dict[str, Any]:

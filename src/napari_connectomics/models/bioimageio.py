@@ -1,0 +1,1069 @@
+"""BioImage.IO model packages: export a checkpoint as one, predict with one.
+
+The BioImage.IO model zoo format (bioimage.io; read by ilastik, deepImageJ, Fiji, careamics and
+``bioimageio.core``) is a zip holding a description (``rdf.yaml``, spec 0.5) and the files it
+names. :func:`export_bioimageio` writes it for one of our checkpoints:
+
+* weights: the PyTorch state dict, with the architecture as a small source file
+  (``napari_connectomics_network.py``) that rebuilds our network from its model config through
+  napari-connectomics (the reader needs it installed), plus TorchScript (``torch.jit.trace``,
+  checked to reproduce the network at two input sizes), which needs only PyTorch;
+* axes batch, channel, (z,) y, x; tiles of ``min + n * step`` voxels per spatial axis from the
+  architecture's size multiple (a fixed size for networks built for one input);
+* preprocessing that reproduces ``data.normalize`` with per-sample statistics over the channel
+  and spatial axes (our statistics are measured on the whole volume): ``zscore`` is
+  zero_mean_unit_variance, ``percentile`` is scale_range 1-99 then clip [0, 1], ``minmax`` is
+  scale_range 0-100 then clip [0, 1]; postprocessing sigmoid (one channel) or softmax over the
+  channels, as ``predict`` does;
+* a test input (synthetic EM, or a crop of ``sample``) and the output our model computes for it,
+  a cover image, a README, the training config (``config.yaml``), license, authors, citations.
+
+The package is tested with ``bioimageio.core.test_model`` before it is moved into place (under a
+temporary name until then, so nothing half-written is ever left at ``output``).
+
+:func:`load_bioimageio_model` is the other direction, used by ``predict`` (through
+:func:`..checkpoint.load_model_from_checkpoint`) for a ``.zip`` package, an ``rdf.yaml`` /
+``bioimageio.yaml`` or a folder holding one: a package we exported is rebuilt exactly from its
+config and state dict; another zoo model with ``pytorch_state_dict`` or ``torchscript`` weights,
+one input and one output with batch / channel / z / y / x axes is wrapped, its tile sizes become
+the window, its preprocessing our normalisation (what cannot be reproduced is refused, naming
+it) and its postprocessing the activation.
+
+Nothing here downloads: only the package's own files are read (URLs in a foreign description are
+not checked). ``bioimageio.spec`` / ``bioimageio.core`` are imported only when a package is
+written or read (``pip install 'napari-connectomics[bioimageio]'``).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "ARCHITECTURE_FILE",
+    "BioimageioError",
+    "ExportResult",
+    "bioimageio_config",
+    "export_bioimageio",
+    "is_bioimageio_source",
+    "load_bioimageio_model",
+]
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION_NAMES = ("rdf.yaml", "bioimageio.yaml")
+ARCHITECTURE_FILE = "napari_connectomics_network.py"
+ARCHITECTURE_CALLABLE = "build_network"
+CONFIG_FILE = "config.yaml"
+MARKER = "napari_connectomics"  # config.napari_connectomics of the packages we write
+INPUT_ID, OUTPUT_ID = "raw", "probabilities"
+PERCENTILES = {"percentile": (1.0, 99.0), "minmax": (0.0, 100.0)}  # data/normalize.py's modes
+TRACE_TOLERANCE = 1e-4  # TorchScript vs the network, relative to the largest logit
+INSTALL_HINT = "pip install 'napari-connectomics[bioimageio]'"
+
+# The architecture source written into each package (weights.pytorch_state_dict.architecture).
+ARCHITECTURE_SOURCE = '''\
+"""The network of a napari-connectomics model package, for its pytorch_state_dict weights.
+
+bioimage.io tools call build_network(**kwargs) with the kwargs of rdf.yaml (the model section of
+the training config, the patch size and the target), then load the state dict. Needs
+napari-connectomics installed (pip install napari-connectomics), which brings PyTorch and MONAI
+(and the MedNeXt code for MedNeXt networks). The TorchScript weights need PyTorch only.
+"""
+
+
+def build_network(config):
+    """The untrained network described by ``config``; in eval mode it returns logits
+    (N, C, [z,] y, x), which the package's postprocessing turns into probabilities."""
+    from napari_connectomics.models import build_model
+
+    return build_model(config)
+'''
+
+
+class BioimageioError(ValueError):
+    """A package cannot be written or used; the message is one line naming what."""
+
+
+# --------------------------------------------------------------------------------------------
+# Which files are packages
+# --------------------------------------------------------------------------------------------
+
+
+def is_bioimageio_source(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a BioImage.IO model: a zip holding ``rdf.yaml`` / ``bioimageio.yaml``
+    (``*.bioimageio.yaml``) at its top, such a YAML file, or a folder holding one. Cheap: no
+    bioimageio import; a torch checkpoint (also a zip inside) is never one."""
+    path = Path(path)
+    if _is_description_name(path.name):
+        return True
+    if path.is_dir():
+        return any(_is_description_name(p.name) for p in path.iterdir() if p.is_file())
+    if path.suffix.lower() != ".zip" or not path.is_file():
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(_is_description_name(n) for n in archive.namelist() if "/" not in n)
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _is_description_name(name: str) -> bool:
+    name = name.lower()
+    return name in DESCRIPTION_NAMES or name.endswith(".bioimageio.yaml")
+
+
+def _description_path(path: Path) -> Path:
+    """The file bioimageio reads: the zip or YAML itself, or the YAML inside a folder."""
+    if path.is_dir():
+        for candidate in sorted(path.iterdir()):
+            if candidate.is_file() and _is_description_name(candidate.name):
+                return candidate
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# bioimageio imports (lazy), quiet and offline
+# --------------------------------------------------------------------------------------------
+
+
+def _spec() -> Any:
+    """``bioimageio.spec``, with its loguru messages off (unless debugging): one-line errors."""
+    try:
+        import bioimageio.spec as spec
+    except ImportError:
+        raise BioimageioError(f"BioImage.IO models need bioimageio.core: {INSTALL_HINT}") from None
+    from loguru import logger as loguru
+
+    if logging.getLogger("napari_connectomics").isEnabledFor(logging.DEBUG):
+        loguru.enable("bioimageio")
+    else:
+        loguru.disable("bioimageio")
+    return spec
+
+
+def _core() -> Any:
+    _spec()
+    try:
+        import bioimageio.core as core
+    except ImportError:
+        raise BioimageioError(f"BioImage.IO models need bioimageio.core: {INSTALL_HINT}") from None
+    return core
+
+
+def _one_line(err: BaseException | str) -> str:
+    """The first informative line of a (pydantic / bioimageio) error message."""
+    errors = getattr(err, "errors", None)
+    if callable(errors):  # pydantic: the first error's location and message
+        try:
+            first = errors()[0]
+            return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+        except Exception:
+            pass
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.lower().startswith(("traceback", "for further"))]
+    text = " ".join(useful[:2]) if useful else type(err).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_bioimageio` wrote."""
+    path: Path
+    weights: list[str]
+    axes: list[str]
+    test_shape: tuple[int, ...]
+    tile: str  # e.g. "16 + n*16 per axis" or "fixed 96x96x96"
+    preprocessing: list[str]
+    postprocessing: list[str]
+    test_status: str  # bioimageio.core's status ("passed"), or "skipped"
+    trace_difference: float | None = None  # max |TorchScript - network| / max |logit|
+
+
+def export_bioimageio(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    force: bool = False,
+    name: str | None = None,
+    license: str = "MIT",
+    authors: Sequence[str] = (),
+    sample: str | os.PathLike | None = None,
+    torchscript: bool = True,
+    test: bool = True,
+) -> ExportResult:
+    """Write ``checkpoint`` as a BioImage.IO model package ``output`` (a ``.zip``).
+
+    Every problem is a one-line :class:`BioimageioError` (or the checkpoint's own
+    ``CheckpointError`` / ``ConfigError``) raised before ``output`` is touched: an existing output
+    without ``force``, a file that is not one of our checkpoints, an architecture that cannot be
+    traced (``torchscript=False`` exports the state dict only), a package bioimageio.core rejects.
+    """
+    from ..config.io import config_to_yaml
+    from .checkpoint import load_model_from_checkpoint
+
+    output = Path(output)
+    if output.suffix.lower() != ".zip":
+        raise BioimageioError(f"{output}: a BioImage.IO package is a .zip file; name it e.g. model.zip")
+    if output.exists() and not force:
+        raise BioimageioError(f"{output} already exists; pass --force to replace it")
+    if output.is_dir():
+        raise BioimageioError(f"{output} is a folder; give a file name such as model.zip")
+    if is_bioimageio_source(checkpoint):
+        raise BioimageioError(f"{checkpoint} is a BioImage.IO model already; export a checkpoint of "
+                              "napari-connectomics train")
+    spec = _spec()
+    from bioimageio.spec.model import v0_5
+
+    model, cfg = load_model_from_checkpoint(checkpoint)
+    model.eval()
+    dims = int(cfg.model.spatial_dims)
+    spatial = ["z", "y", "x"][3 - dims:]
+    window = _export_window(model, cfg)
+    raw = _test_input(cfg, window, sample)  # (1, C, [z,] y, x) float32 intensities
+    expected = _our_output(model, cfg, raw)  # (1, C_out, [z,] y, x) probabilities
+    mode = str(cfg.data.normalize)
+    activation = "sigmoid" if int(cfg.model.out_channels) == 1 else "softmax"
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bioimageio-export-") as folder:
+        tmp = Path(folder)
+        files = _write_files(tmp, model, cfg, raw, expected, config_to_yaml(cfg), torchscript)
+        trace_difference = None
+        if torchscript:
+            trace_difference = _write_torchscript(tmp / "weights_torchscript.pt", model, raw, cfg,
+                                                  _size_rule(model, cfg))
+        tile, input_axes, output_axes = _axes(model, cfg, spatial)
+        descr_kwargs = _description_kwargs(cfg, model, name, license, authors, window)
+        try:
+            descr = v0_5.ModelDescr(
+                **descr_kwargs,
+                documentation=spec.common.FileDescr(source=files["readme"]),
+                covers=[spec.common.FileDescr(source=files["cover"])],
+                attachments=[spec.common.FileDescr(source=files["config"])],
+                inputs=[v0_5.InputTensorDescr(
+                    id=v0_5.TensorId(INPUT_ID),
+                    description="EM intensities (any dtype is cast to float32)",
+                    axes=input_axes, test_tensor=spec.common.FileDescr(source=files["input"]),
+                    sample_tensor=spec.common.FileDescr(source=files["input_sample"]),
+                    data=v0_5.IntervalOrRatioDataDescr(type="float32"),
+                    preprocessing=_preprocessing(mode, ["channel", *spatial]))],
+                outputs=[v0_5.OutputTensorDescr(
+                    id=v0_5.TensorId(OUTPUT_ID),
+                    description=f"{activation} probabilities per channel",
+                    axes=output_axes, test_tensor=spec.common.FileDescr(source=files["output"]),
+                    sample_tensor=spec.common.FileDescr(source=files["output_sample"]),
+                    data=v0_5.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
+                    postprocessing=_postprocessing(activation))],
+                weights=_weights_descr(v0_5, spec, files, cfg, tmp if torchscript else None),
+            )
+        except Exception as err:  # pydantic ValidationError: a bug or a value the spec refuses
+            logger.debug("invalid description", exc_info=True)
+            raise BioimageioError(f"the BioImage.IO description is invalid: {_one_line(err)}") from None
+        fd, staging = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp.zip")
+        os.close(fd)
+        staging_path = Path(staging)
+        try:
+            try:
+                spec.save_bioimageio_package(descr, output_path=staging_path)
+            except ValueError as err:
+                raise BioimageioError(f"bioimageio.spec rejects the package: {_one_line(err)}") from None
+            status = _test_package(staging_path) if test else "skipped"
+            os.replace(staging_path, output)
+        finally:
+            staging_path.unlink(missing_ok=True)
+    logger.info("wrote BioImage.IO model %s", output)
+    weights = ["pytorch_state_dict"] + (["torchscript"] if torchscript else [])
+    return ExportResult(
+        path=output, weights=weights, axes=["batch", "channel", *spatial], test_shape=raw.shape,
+        tile=tile, preprocessing=_describe_ops(mode), postprocessing=[activation],
+        test_status=status, trace_difference=trace_difference)
+
+
+def _size_rule(model: Any, cfg: Any) -> tuple[list[int] | None, int, list[int]]:
+    """(fixed input size or None, size multiple, smallest input per spatial axis)."""
+    from .architectures.registry import get_architecture_spec
+
+    dims = int(cfg.model.spatial_dims)
+    fixed = getattr(model, "fixed_input_size", None)
+    multiple = int(getattr(model, "size_multiple", 1) or 1)
+    if fixed is not None:
+        return [int(s) for s in fixed], multiple, [int(s) for s in fixed]
+    minimum = [multiple] * dims
+    arch = get_architecture_spec(cfg.model.architecture)
+    if arch.min_voxels_at_bottom > 1:  # e.g. MedNeXt's GroupNorm needs two voxels at the bottom
+        while math.prod(s // max(arch.bottom_factor, 1) for s in minimum) < arch.min_voxels_at_bottom:
+            minimum[-1] += multiple
+    return None, multiple, minimum
+
+
+def _export_window(model: Any, cfg: Any) -> list[int]:
+    """The window predict uses by default (spatial sizes), made valid for the network."""
+    from ..inference.options import default_window
+
+    fixed, multiple, minimum = _size_rule(model, cfg)
+    if fixed is not None:
+        return fixed
+    window = [int(s) for s in default_window(cfg)][-int(cfg.model.spatial_dims):]
+    return [max(m, -(-w // multiple) * multiple) for w, m in zip(window, minimum)]
+
+
+def _test_input(cfg: Any, window: Sequence[int], sample: str | os.PathLike | None) -> np.ndarray:
+    """(1, C, [z,] y, x) float32: the centre of ``sample`` (a volume path), else synthetic EM."""
+    channels, dims = int(cfg.model.in_channels), int(cfg.model.spatial_dims)
+    if sample is not None:
+        from ..inference.input import prepare_input
+
+        source = prepare_input(str(sample), channels)
+        shape = source.shape  # z, y, x
+        size = ([1] if dims == 2 else []) + list(window)
+        if any(s > n for s, n in zip(size, shape)):
+            raise BioimageioError(f"--sample {sample} ({'x'.join(map(str, shape))}) is smaller than the "
+                                  f"test tile {'x'.join(map(str, size))}; give a larger volume")
+        region = tuple(slice((n - s) // 2, (n - s) // 2 + s) for s, n in zip(size, shape))
+        data = source.read(region)  # (C, z, y, x) float32, not normalised
+        data = data[:, 0] if dims == 2 else data
+    else:
+        from ..data.synthetic import make_synthetic_em
+
+        shape = [max(16, s) for s in window]
+        image = make_synthetic_em(shape=shape, seed=0).image.astype(np.float32)
+        image = image[tuple(slice(0, s) for s in window)]
+        data = np.stack([image + 4.0 * c for c in range(channels)])
+    return np.ascontiguousarray(data[None], dtype=np.float32)
+
+
+def _our_output(model: Any, cfg: Any, raw: np.ndarray) -> np.ndarray:
+    """What predict computes for one tile: the whole tile's statistics, the network, the activation."""
+    from ..data.normalize import intensity_stats, normalize_intensity
+    from ..inference.predictor import activate, activation_for
+    from .architectures.base import main_output
+
+    mode = str(cfg.data.normalize)
+    image = raw[0]
+    if mode != "none":
+        image = normalize_intensity(image, mode, intensity_stats(image, max_voxels=image.size))
+    with torch.inference_mode():
+        logits = main_output(model(torch.from_numpy(np.ascontiguousarray(image[None])))).float()
+        return activate(logits, activation_for(cfg)).numpy().astype(np.float32)
+
+
+def _write_files(tmp: Path, model: Any, cfg: Any, raw: np.ndarray, expected: np.ndarray,
+                 config_yaml: str, torchscript: bool) -> dict[str, Path]:
+    import tifffile
+
+    files = {
+        "input": tmp / "test_input.npy", "output": tmp / "test_output.npy",
+        "weights": tmp / "weights.pt", "architecture": tmp / ARCHITECTURE_FILE,
+        "config": tmp / CONFIG_FILE, "readme": tmp / "README.md", "cover": tmp / "cover.png",
+        "environment": tmp / "environment.yaml",
+        "input_sample": tmp / "sample_input.tif", "output_sample": tmp / "sample_output.tif",
+    }
+    np.save(files["input"], raw)
+    np.save(files["output"], expected)
+    tifffile.imwrite(files["input_sample"], raw[0, 0] if raw.shape[1] == 1 else raw[0])
+    tifffile.imwrite(files["output_sample"], expected[0, 0] if expected.shape[1] == 1 else expected[0])
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, files["weights"])
+    files["architecture"].write_text(ARCHITECTURE_SOURCE, encoding="utf-8")
+    files["config"].write_text(config_yaml, encoding="utf-8")
+    files["readme"].write_text(_readme(cfg, raw.shape, torchscript), encoding="utf-8")
+    files["environment"].write_text(_environment(), encoding="utf-8")
+    _write_cover(files["cover"], raw, expected)
+    return files
+
+
+def _write_torchscript(path: Path, model: Any, raw: np.ndarray, cfg: Any,
+                       rule: tuple[list[int] | None, int, list[int]]) -> float:
+    """torch.jit.trace the network on the test tile; check it at that size and at a second
+    valid one (traced code can bake sizes in). Returns the larger relative difference."""
+    from .architectures.base import main_output
+
+    example = torch.from_numpy(raw)
+    fixed, multiple, minimum = rule
+    checks = [example]
+    if fixed is None:
+        other = [max(m, s - multiple) if s > m else s + multiple
+                 for s, m in zip(raw.shape[2:], minimum)]
+        checks.append(torch.from_numpy(np.random.default_rng(1).normal(
+            size=(2, raw.shape[1], *other)).astype(np.float32)))
+    arch = cfg.model.architecture
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model, example, check_trace=False, strict=False)
+    except Exception as err:
+        raise BioimageioError(f"architecture {arch} cannot be traced to TorchScript "
+                              f"({type(err).__name__}: {_one_line(err)}); pass --no-torchscript "
+                              "to export the state dict only") from None
+    worst = 0.0
+    with torch.no_grad():
+        for x in checks:
+            want = main_output(model(x)).float()
+            try:
+                got = main_output(traced(x)).float()
+            except Exception as err:
+                raise BioimageioError(
+                    f"architecture {arch} traced to TorchScript fails on a "
+                    f"{'x'.join(map(str, x.shape[2:]))} input ({_one_line(err)}); pass "
+                    "--no-torchscript to export the state dict only") from None
+            scale = max(1.0, float(want.abs().max()))
+            worst = max(worst, float((got - want).abs().max()) / scale)
+            if got.shape != want.shape or worst > TRACE_TOLERANCE:
+                raise BioimageioError(
+                    f"architecture {arch} traced to TorchScript does not reproduce the network on a "
+                    f"{'x'.join(map(str, x.shape[2:]))} input (relative difference {worst:.2g}); pass "
+                    "--no-torchscript to export the state dict only")
+    traced.save(str(path))
+    return worst
+
+
+def _axes(model: Any, cfg: Any, spatial: Sequence[str]) -> tuple[str, list[Any], list[Any]]:
+    from bioimageio.spec.model import v0_5
+
+    fixed, multiple, minimum = _size_rule(model, cfg)
+    names_in = [f"channel{i}" for i in range(int(cfg.model.in_channels))]
+    voxel = dict(zip("zyx", [float(v) for v in cfg.data.voxel_size]))
+    inputs: list[Any] = [v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=names_in)]
+    outputs: list[Any] = [v0_5.BatchAxis(),
+                          v0_5.ChannelAxis(channel_names=_channel_names(cfg))]
+    for i, axis in enumerate(spatial):
+        size: Any = fixed[i] if fixed is not None else v0_5.ParameterizedSize(
+            min=minimum[i], step=multiple)
+        inputs.append(v0_5.SpaceInputAxis(id=v0_5.AxisId(axis), size=size, scale=voxel[axis]))
+        outputs.append(v0_5.SpaceOutputAxis(
+            id=v0_5.AxisId(axis), scale=voxel[axis],
+            size=v0_5.SizeReference(tensor_id=v0_5.TensorId(INPUT_ID), axis_id=v0_5.AxisId(axis))))
+    if fixed is not None:
+        tile = f"fixed {'x'.join(map(str, fixed))}"
+    else:
+        tile = f"{'x'.join(map(str, minimum))} + n*{multiple} per axis"
+    return tile, inputs, outputs
+
+
+def _channel_names(cfg: Any) -> list[str]:
+    out, target = int(cfg.model.out_channels), str(cfg.data.target)
+    if target == "binary":
+        return ["foreground"] if out == 1 else ["background", "foreground"]
+    if target == "instance" and out == 3:
+        return ["background", "interior", "contour"]
+    return ["background"] + [f"class{i}" for i in range(1, out)]
+
+
+def _preprocessing(mode: str, axes: Sequence[str]) -> list[Any]:
+    """The bioimageio operations that compute ``data.normalize`` (one set of statistics over
+    the channels and the whole tile, as data/normalize.py takes them over the whole volume)."""
+    from bioimageio.spec.model import v0_5
+
+    ids = [v0_5.AxisId(a) for a in axes]
+    if mode == "none":
+        return []
+    if mode == "zscore":
+        return [v0_5.ZeroMeanUnitVarianceDescr(kwargs=v0_5.ZeroMeanUnitVarianceKwargs(axes=ids))]
+    low, high = PERCENTILES[mode]
+    return [v0_5.ScaleRangeDescr(kwargs=v0_5.ScaleRangeKwargs(
+                axes=ids, min_percentile=low, max_percentile=high)),
+            v0_5.ClipDescr(kwargs=v0_5.ClipKwargs(min=0.0, max=1.0))]
+
+
+def _describe_ops(mode: str) -> list[str]:
+    if mode == "none":
+        return []
+    if mode == "zscore":
+        return ["zero_mean_unit_variance (per sample, channel+spatial axes)"]
+    low, high = PERCENTILES[mode]
+    return [f"scale_range {low:g}-{high:g} percentile (per sample, channel+spatial axes)", "clip [0, 1]"]
+
+
+def _postprocessing(activation: str) -> list[Any]:
+    from bioimageio.spec.model import v0_5
+
+    if activation == "sigmoid":
+        return [v0_5.SigmoidDescr()]
+    return [v0_5.SoftmaxDescr(kwargs=v0_5.SoftmaxKwargs(axis=v0_5.AxisId("channel")))]
+
+
+def _weights_descr(v0_5: Any, spec: Any, files: dict[str, Path], cfg: Any,
+                   torchscript_dir: Path | None) -> Any:
+
+    version = torch.__version__.split("+")[0]
+    kwargs = {"config": _architecture_kwargs(cfg)}
+    state = v0_5.PytorchStateDictWeightsDescr(
+        source=files["weights"], pytorch_version=version,
+        architecture=v0_5.ArchitectureFromFileDescr(
+            source=files["architecture"], callable=ARCHITECTURE_CALLABLE, kwargs=kwargs),
+        dependencies=spec.common.FileDescr(source=files["environment"]))
+    scripted = None
+    if torchscript_dir is not None:
+        scripted = v0_5.TorchscriptWeightsDescr(
+            source=torchscript_dir / "weights_torchscript.pt", pytorch_version=version,
+            parent="pytorch_state_dict")
+    return v0_5.WeightsDescr(pytorch_state_dict=state, torchscript=scripted)
+
+
+def _architecture_kwargs(cfg: Any) -> dict[str, Any]:
+    """What build_network needs: the model section (without a pretrained path), the patch size
+    (the input size of fixed-size networks) and the target (checked against out_channels)."""
+    from omegaconf import OmegaConf
+
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    model["pretrained"] = None
+    return {"model": model, "data": {"patch_size": list(cfg.data.patch_size),
+                                     "target": str(cfg.data.target)}}
+
+
+def _environment() -> str:
+    from .. import __version__
+
+    version = torch.__version__.split("+")[0]
+    return (
+        "# The environment of the pytorch_state_dict weights (the TorchScript weights need PyTorch only).\n"
+        "name: napari-connectomics\n"
+        "channels:\n  - conda-forge\n  - nodefaults\n"
+        "dependencies:\n"
+        "  - python>=3.11\n"
+        f"  - pytorch>={version}\n"
+        "  - pip\n"
+        "  - pip:\n"
+        f"      - napari-connectomics>={__version__}\n"
+    )
+
+
+_CITATIONS = {
+    "monai": ("Cardoso et al. (2022): MONAI: An open-source framework for deep learning in "
+              "healthcare. arXiv:2211.02701", "10.48550/arXiv.2211.02701"),
+    "unet": ("Ronneberger, Fischer, Brox (2015): U-Net: Convolutional Networks for Biomedical "
+             "Image Segmentation. MICCAI 2015", "10.1007/978-3-319-24574-4_28"),
+    "mednext": ("Roy et al. (2023): MedNeXt: Transformer-driven Scaling of ConvNets for Medical "
+                "Image Segmentation. MICCAI 2023", "10.1007/978-3-031-43901-8_39"),
+}
+
+
+def _citations(architecture: str) -> list[tuple[str, str]]:
+    keys = ["mednext"] if architecture.startswith("mednext") else ["monai", "unet"]
+    return [_CITATIONS[k] for k in keys]
+
+
+def _description_kwargs(cfg: Any, model: Any, name: str | None, license: str,
+                        authors: Sequence[str], window: Sequence[int]) -> dict[str, Any]:
+    from bioimageio.spec.model import v0_5
+
+    from .. import __version__
+
+    arch, dims = str(cfg.model.architecture), int(cfg.model.spatial_dims)
+    target = str(cfg.data.target)
+    title = name or f"napari-connectomics {arch} {dims}D {target} segmentation"
+    parameters = int(sum(p.numel() for p in model.parameters()))
+    return dict(
+        name=title[:128],
+        description=(f"{dims}D {target} segmentation of electron-microscopy images with a "
+                     f"{arch} network trained by napari-connectomics {__version__}."),
+        authors=[v0_5.Author(name=a) for a in (authors or ["napari-connectomics team"])],
+        cite=[v0_5.CiteEntry(text=text, doi=v0_5.Doi(doi)) for text, doi in _citations(arch)],
+        license=license,
+        tags=["napari-connectomics", "electron-microscopy", "segmentation", f"{dims}d", "pytorch",
+              arch.replace("_", "-"), target],
+        version="0.1.0",
+        config=v0_5.Config(
+            bioimageio=v0_5.BioimageioConfig(
+                architecture_type=arch[:32], modality="electron microscopy", task="segmentation",
+                model_parameter_count=parameters,
+                architecture_description=f"{arch} from the napari-connectomics registry"),
+            **{MARKER: {"version": __version__, "config": CONFIG_FILE,
+                        "window": [int(w) for w in window],
+                        "normalize": str(cfg.data.normalize)}}),
+    )
+
+
+def _readme(cfg: Any, test_shape: Sequence[int], torchscript: bool) -> str:
+    from .. import __version__
+
+    arch, dims = cfg.model.architecture, int(cfg.model.spatial_dims)
+    mode = str(cfg.data.normalize)
+    ops = "; ".join(_describe_ops(mode)) or "none (float32 cast only)"
+    activation = "sigmoid" if int(cfg.model.out_channels) == 1 else "softmax over the channels"
+    return f"""# napari-connectomics {arch} ({dims}D, {cfg.data.target})
+
+A {dims}D {cfg.data.target} segmentation network for electron-microscopy images, trained with
+napari-connectomics {__version__} and exported as a BioImage.IO model (spec 0.5).
+
+* Input `{INPUT_ID}`: batch, {cfg.model.in_channels} channel(s), {"z, " if dims == 3 else ""}y, x; float32.
+* Preprocessing: {ops}. napari-connectomics takes the statistics of the whole volume
+  (`data.normalize: {mode}`); here they are those of the tile or image given.
+* Output `{OUTPUT_ID}`: {cfg.model.out_channels} channel(s), {activation}.
+* Weights: PyTorch state dict (architecture: `{ARCHITECTURE_FILE}`, which needs
+  `pip install napari-connectomics`){" and TorchScript (PyTorch only)" if torchscript else ""}.
+* `{CONFIG_FILE}`: the full training configuration.
+
+## Use
+
+    napari-connectomics predict --checkpoint model.zip --input raw.h5:raw --output pred.zarr
+
+predicts any volume block by block with overlapping, blended windows. ilastik, deepImageJ, Fiji
+and `bioimageio.core` read the package too.
+
+## Validation
+
+`bioimageio test model.zip` reproduces the test output (`test_output.npy`, {"x".join(map(str, test_shape))}
+input) from the test input. Score the model on your own labelled data with
+`napari-connectomics evaluate --prediction pred.zarr --label labels.h5:labels`.
+
+## Limitations
+
+Trained on the data named in `{CONFIG_FILE}`; other microscopes, resolutions or stainings may need
+fine-tuning. Check the predictions before quantitative use.
+"""
+
+
+def _write_cover(path: Path, raw: np.ndarray, expected: np.ndarray) -> None:
+    """A 2:1 PNG: the test input's middle section, and the foreground probability over it."""
+    import imageio.v3 as iio
+    from skimage.transform import resize
+
+    image = raw[0, 0]
+    prob = expected[0, -1]
+    if image.ndim == 3:
+        image, prob = image[image.shape[0] // 2], prob[prob.shape[0] // 2]
+    low, high = np.percentile(image, (1, 99))
+    gray = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
+    gray = resize(gray, (256, 256), order=1, anti_aliasing=True)
+    prob = np.clip(resize(prob, (256, 256), order=1), 0, 1)
+    left = np.repeat(gray[..., None], 3, axis=-1)
+    tint = np.array([1.0, 0.2, 0.8])
+    right = left * (1 - 0.6 * prob[..., None]) + 0.6 * prob[..., None] * tint
+    cover = (np.concatenate([left, right], axis=1) * 255).round().astype(np.uint8)
+    iio.imwrite(path, cover, extension=".png")
+
+
+def _test_package(path: Path) -> str:
+    """bioimageio.core's test of the written package; a one-line error unless it passes."""
+    core = _core()
+    summary = core.test_model(str(path), devices=["cpu"])
+    if summary.status != "passed":
+        failed = [d for d in summary.details if d.status == "failed"]
+        detail = failed[0] if failed else None
+        message = (f"{detail.name}: {_one_line(detail.errors[0].msg)}"
+                   if detail is not None and detail.errors else (detail.name if detail else summary.status))
+        raise BioimageioError(f"bioimageio.core's test of the package failed: {message}")
+    return str(summary.status)
+
+
+# --------------------------------------------------------------------------------------------
+# Import: a zoo model as predict's model and config
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    """What predict needs from a description."""
+    spatial: list[str]  # z, y, x or y, x
+    in_channels: int
+    out_channels: int
+    normalize: str
+    activation: str  # sigmoid, softmax or identity
+    sizes: list[Any]  # per spatial axis: int (fixed) or (min, step)
+    input_order: list[str]  # the model's input axes: batch, channel, z, y, x in its order
+    output_order: list[str]
+    fixed_ops: list[tuple[str, Any, Any]] = field(default_factory=list)  # after our normalisation
+    ours: dict[str, Any] | None = None  # config.napari_connectomics of our packages
+
+
+def load_bioimageio_model(source: str | os.PathLike) -> tuple[Any, Any]:
+    """(model, config) for predict from a BioImage.IO package (see the module doc)."""
+    path = Path(source)
+    descr = _load_description(path)
+    plan = _plan(descr, path)
+    if plan.ours is not None:
+        from .build import build_model
+        from .checkpoint import CheckpointError
+
+        cfg = _our_config(descr, plan, path)
+        model = build_model(cfg)
+        state = torch.load(io.BytesIO(_read(descr.weights.pytorch_state_dict)), map_location="cpu",
+                           weights_only=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            example = (missing or unexpected)[0]
+            raise CheckpointError(f"{path}: its weights do not match its config.yaml ({len(missing)} "
+                                  f"missing, {len(unexpected)} unexpected, e.g. {example})")
+    else:
+        cfg = _foreign_config(plan)
+        model = _ZooNetwork(_load_network(descr, path), plan)
+    model.output_activation = plan.activation
+    return model, cfg
+
+
+def bioimageio_config(source: str | os.PathLike) -> Any:
+    """The config predict uses for a package (no network is built)."""
+    path = Path(source)
+    descr = _load_description(path)
+    plan = _plan(descr, path)
+    return _our_config(descr, plan, path) if plan.ours is not None else _foreign_config(plan)
+
+
+def _load_description(path: Path) -> Any:
+    spec = _spec()
+    if not path.exists():
+        raise BioimageioError(f"{path} does not exist")
+    try:
+        descr = spec.load_description(str(_description_path(path)), format_version="latest",
+                                      perform_io_checks=False)
+    except Exception as err:
+        raise BioimageioError(f"{path} cannot be read as a BioImage.IO model: {_one_line(err)}") from None
+    from bioimageio.spec.model import v0_5
+
+    if not isinstance(descr, v0_5.ModelDescr):
+        kind = getattr(descr, "type", None)
+        what = f"a {kind} description" if kind and kind != "model" else "an invalid model description"
+        reason = ""
+        summary = getattr(descr, "validation_summary", None)
+        errors = [e for d in summary.details for e in d.errors] if summary is not None else []
+        if errors:
+            where = ".".join(str(p) for p in errors[0].loc)
+            reason = f": {where}: {_one_line(errors[0].msg)}"
+        raise BioimageioError(f"{path} is not a valid BioImage.IO model ({what}){reason}")
+    return descr
+
+
+def _read(file_descr: Any) -> bytes:
+    from bioimageio.spec.utils import get_reader
+
+    return get_reader(file_descr.source, sha256=getattr(file_descr, "sha256", None)).read()
+
+
+def _plan(descr: Any, path: Path) -> _Plan:
+    """Axes, sizes, normalisation and activation of a description, or a one-line refusal."""
+    if len(descr.inputs) != 1 or len(descr.outputs) != 1:
+        raise BioimageioError(f"{path}: {len(descr.inputs)} inputs and {len(descr.outputs)} outputs are not "
+                              "supported: napari-connectomics runs models with one input and one output")
+    tensor_in, tensor_out = descr.inputs[0], descr.outputs[0]
+    input_order, in_channels, spatial, sizes = _input_axes(tensor_in, path)
+    output_order, out_channels = _output_axes(tensor_out, tensor_in, spatial, path)
+    normalize, fixed_ops = _input_processing(tensor_in, input_order, in_channels, path)
+    activation = _output_processing(tensor_out, path)
+    ours = getattr(descr.config, MARKER, None)
+    if not isinstance(ours, dict) or descr.weights.pytorch_state_dict is None or \
+            not any(_file_name(a) == CONFIG_FILE for a in descr.attachments):
+        ours = None  # not written by us (or changed since): run it as any zoo model
+    return _Plan(spatial, in_channels, out_channels, normalize, activation, sizes, input_order,
+                 output_order, fixed_ops, ours)
+
+
+def _file_name(file_descr: Any) -> str:
+    source = file_descr.source
+    return str(getattr(source, "path", source)).replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def _axis_kind(axis: Any) -> str:
+    """batch, channel or a spatial id (z, y, x); anything else is unsupported."""
+    kind = axis.type
+    if kind in ("batch", "channel"):
+        return kind
+    if kind == "space" and str(axis.id) in ("z", "y", "x"):
+        return str(axis.id)
+    return f"{kind} axis '{axis.id}'"
+
+
+def _input_axes(tensor: Any, path: Path) -> tuple[list[str], int, list[str], list[Any]]:
+    from bioimageio.spec.model import v0_5
+
+    order, channels, sizes = [], 1, {}
+    for axis in tensor.axes:
+        kind = _axis_kind(axis)
+        if kind not in ("batch", "channel", "z", "y", "x"):
+            raise BioimageioError(f"{path}: input {kind} is not supported: napari-connectomics runs models "
+                                  "with batch, channel and z, y, x (or y, x) axes")
+        order.append(kind)
+        if kind == "channel":
+            if not isinstance(axis.size, int):
+                raise BioimageioError(f"{path}: an input channel axis of variable size is not supported")
+            channels = int(axis.size)
+        elif kind != "batch":
+            if isinstance(axis.size, int):
+                sizes[kind] = int(axis.size)
+            elif isinstance(axis.size, v0_5.ParameterizedSize):
+                sizes[kind] = (int(axis.size.min), int(axis.size.step))
+            else:
+                raise BioimageioError(f"{path}: input axis '{kind}' takes its size from another axis "
+                                      f"({type(axis.size).__name__}), which is not supported")
+    spatial = [a for a in ("z", "y", "x") if a in sizes]
+    if spatial not in (["y", "x"], ["z", "y", "x"]):
+        raise BioimageioError(f"{path}: input spatial axes {','.join(spatial) or 'none'} are not supported: "
+                              "napari-connectomics runs y, x (2D) or z, y, x (3D) models")
+    return order, channels, spatial, [sizes[a] for a in spatial]
+
+
+def _output_axes(tensor: Any, tensor_in: Any, spatial: list[str], path: Path) -> tuple[list[str], int]:
+    from bioimageio.spec.model import v0_5
+
+    order, channels = [], 1
+    for axis in tensor.axes:
+        kind = _axis_kind(axis)
+        if kind not in ("batch", "channel", "z", "y", "x"):
+            raise BioimageioError(f"{path}: output {kind} is not supported: napari-connectomics runs models "
+                                  "with batch, channel and z, y, x (or y, x) axes")
+        order.append(kind)
+        if kind == "channel":
+            if not isinstance(axis.size, int):
+                raise BioimageioError(f"{path}: an output channel axis of variable size is not supported")
+            channels = int(axis.size)
+        elif kind != "batch":
+            size = axis.size
+            same = (isinstance(size, v0_5.SizeReference) and str(size.axis_id) == kind
+                    and str(size.tensor_id) == str(tensor_in.id) and size.offset == 0)
+            ref = next(a for a in tensor_in.axes if str(a.id) == kind) if same else None
+            if not same or float(axis.scale) != float(ref.scale):
+                raise BioimageioError(f"{path}: output axis '{kind}' is not the size of the input's: "
+                                      "napari-connectomics runs models whose output has the input's shape")
+    if sorted(a for a in order if a in "zyx") != sorted(spatial):
+        raise BioimageioError(f"{path}: the output's spatial axes differ from the input's, "
+                              "which is not supported")
+    return order, channels
+
+
+def _kinds(tensor: Any, axes: Any) -> list[str] | None:
+    """The kinds (batch, channel, z, y, x) of the axes a statistic is taken over, by their ids."""
+    return None if axes is None else [_axis_kind_of(tensor, a) for a in axes]
+
+
+def _covers(axes: list[str] | None, order: list[str], channels: int) -> bool:
+    """Whether statistics over ``axes`` are one set per sample over all channels and voxels, as
+    ours (a batch axis in them, bioimageio's dataset statistics, is the same for one volume)."""
+    if axes is None:  # dataset statistics over everything
+        return True
+    chosen = set(axes)
+    needed = {a for a in order if a not in ("batch", "channel")}
+    if channels > 1 or "channel" in chosen:
+        needed.add("channel")
+    return needed <= chosen | {"batch"} and chosen <= set(order)
+
+
+def _input_processing(tensor: Any, order: list[str], channels: int,
+                      path: Path) -> tuple[str, list[tuple[str, Any, Any]]]:
+    """(our normalisation, fixed operations after it) that reproduce the preprocessing."""
+    ops = [op for op in tensor.preprocessing if op.id != "ensure_dtype"]
+    mode = "none"
+    if ops and ops[0].id == "zero_mean_unit_variance":
+        if not _covers(_kinds(tensor, ops[0].kwargs.axes), order, channels):
+            raise _unsupported(path, ops[0], "statistics per channel or per section; ours are one set "
+                               "over all channels and voxels")
+        mode, ops = "zscore", ops[1:]
+    elif ops and ops[0].id == "scale_range":
+        kwargs = ops[0].kwargs
+        if kwargs.reference_tensor not in (None, tensor.id) or \
+                not _covers(_kinds(tensor, kwargs.axes), order, channels):
+            raise _unsupported(path, ops[0], "statistics per channel, per section or of another tensor")
+        low, high = float(kwargs.min_percentile), float(kwargs.max_percentile)
+        clipped = len(ops) > 1 and ops[1].id == "clip" and ops[1].kwargs.min == 0 and ops[1].kwargs.max == 1 \
+            and ops[1].kwargs.min_percentile is None and ops[1].kwargs.max_percentile is None
+        if (low, high) == PERCENTILES["minmax"]:  # the range is [0, 1] already: a clip changes nothing
+            mode, ops = "minmax", ops[2 if clipped else 1:]
+        elif (low, high) == PERCENTILES["percentile"] and clipped:
+            mode, ops = "percentile", ops[2:]
+        else:
+            raise _unsupported(path, ops[0], "napari-connectomics normalises with the 1-99 percentiles "
+                               "clipped to [0, 1], min-max, z-score or not at all")
+    fixed: list[tuple[str, Any, Any]] = []
+    for op in ops:
+        kwargs = op.kwargs
+        if op.id == "scale_linear":
+            fixed.append(("affine", _per_channel(kwargs, "gain", channels),
+                          _per_channel(kwargs, "offset", channels)))
+        elif op.id == "fixed_zero_mean_unit_variance":
+            mean, std = _per_channel(kwargs, "mean", channels), _per_channel(kwargs, "std", channels)
+            fixed.append(("affine", [1.0 / s for s in std], [-m / s for m, s in zip(mean, std)]))
+        elif op.id == "clip" and kwargs.min_percentile is None and kwargs.max_percentile is None:
+            fixed.append(("clip", kwargs.min, kwargs.max))
+        else:
+            raise _unsupported(path, op, "napari-connectomics reproduces zero_mean_unit_variance, "
+                               "scale_range (0-100, or 1-99 then clip [0, 1]) first, then scale_linear, "
+                               "fixed_zero_mean_unit_variance or a fixed clip")
+    return mode, fixed
+
+
+def _per_channel(kwargs: Any, name: str, channels: int) -> list[float]:
+    value = getattr(kwargs, name)
+    if isinstance(value, (int, float)):
+        return [float(value)] * channels
+    values = [float(v) for v in value]
+    if len(values) != channels:
+        raise BioimageioError(f"preprocessing {name} has {len(values)} values for {channels} channels")
+    return values
+
+
+def _unsupported(path: Path, op: Any, why: str) -> BioimageioError:
+    kwargs = {k: v for k, v in op.kwargs.model_dump(mode="json").items() if v is not None} \
+        if hasattr(op, "kwargs") and hasattr(op.kwargs, "model_dump") else {}
+    shown = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+    return BioimageioError(f"{path}: preprocessing {op.id}({shown}) cannot be reproduced: {why}")
+
+
+def _output_processing(tensor: Any, path: Path) -> str:
+    ops = [op for op in tensor.postprocessing if op.id != "ensure_dtype"]
+    if not ops:
+        return "identity"
+    if len(ops) == 1 and ops[0].id == "sigmoid":
+        return "sigmoid"
+    if len(ops) == 1 and ops[0].id == "softmax" and _axis_kind_of(tensor, ops[0].kwargs.axis) == "channel":
+        return "softmax"
+    names = ", ".join(op.id for op in ops)
+    raise BioimageioError(f"{path}: postprocessing {names} is not supported: napari-connectomics applies "
+                          "sigmoid, softmax over the channels or nothing (use --threshold / --instances "
+                          "for labels)")
+
+
+def _axis_kind_of(tensor: Any, axis_id: Any) -> str:
+    for axis in tensor.axes:
+        if str(axis.id) == str(axis_id):
+            return _axis_kind(axis)
+    return str(axis_id)
+
+
+def _our_config(descr: Any, plan: _Plan, path: Path) -> Any:
+    """The training config attached to one of our packages, with the description's
+    normalisation (the same unless someone edited rdf.yaml)."""
+    import yaml
+
+    from ..config import load_config
+
+    attachment = next(a for a in descr.attachments if _file_name(a) == CONFIG_FILE)
+    try:
+        stored = yaml.safe_load(_read(attachment).decode("utf-8"))
+    except Exception as err:
+        raise BioimageioError(f"{path}: its {CONFIG_FILE} cannot be read: {_one_line(err)}") from None
+    cfg = load_config(overrides=stored)
+    if cfg.data.normalize != plan.normalize:
+        logger.warning("%s: normalising with %s as its description says (its config.yaml says %s)",
+                       path, plan.normalize, cfg.data.normalize)
+        cfg.data.normalize = plan.normalize
+    return cfg
+
+
+def _foreign_config(plan: _Plan) -> Any:
+    """A config for a foreign model: its channels, dimensions, normalisation and window."""
+    from ..config import default_patch_size, load_config
+
+    dims = len(plan.spatial)
+    target = "binary" if plan.out_channels <= 2 else "semantic"
+    cfg = load_config(overrides={
+        "model": {"spatial_dims": dims, "in_channels": plan.in_channels, "out_channels": plan.out_channels},
+        "data": {"normalize": plan.normalize, "target": target}})
+    window = [_valid_size(size, want) for size, want in zip(plan.sizes, default_patch_size(dims))]
+    # set after validation: the sizes are the zoo model's, not the placeholder architecture's
+    cfg.data.patch_size = window
+    cfg.inference.window_size = window
+    return cfg
+
+
+def _valid_size(size: Any, want: int) -> int:
+    """The smallest size the axis takes that is at least ``want`` (a fixed size as is)."""
+    if isinstance(size, int):
+        return size
+    low, step = size
+    return low + max(0, -(-(want - low) // step)) * step
+
+
+def _load_network(descr: Any, path: Path) -> Any:
+    """The zoo model's torch module: its state dict with its architecture, else its TorchScript."""
+    weights = descr.weights
+    problems = []
+    if weights.pytorch_state_dict is not None:
+        try:
+            from bioimageio.core.backends.pytorch_backend import load_torch_model
+
+            _core()
+            return load_torch_model(weights.pytorch_state_dict, load_state=True, devices=["cpu"])
+        except BioimageioError:
+            raise
+        except Exception as err:
+            problems.append(f"pytorch_state_dict: {type(err).__name__}: {_one_line(err)}")
+    if weights.torchscript is not None:
+        try:
+            return torch.jit.load(io.BytesIO(_read(weights.torchscript)), map_location="cpu")
+        except Exception as err:
+            problems.append(f"torchscript: {_one_line(err)}")
+    if problems:
+        raise BioimageioError(f"{path}: the network cannot be loaded ({'; '.join(problems)})")
+    present = ", ".join(name for name, entry in weights if entry is not None)
+    raise BioimageioError(f"{path}: weights {present} are not supported: napari-connectomics runs "
+                          "pytorch_state_dict or torchscript weights")
+
+
+class _ZooNetwork(torch.nn.Module):
+    """A foreign zoo model behind our network interface: (N, C, [z,] y, x) in, the same out.
+
+    Applies the preprocessing that follows our normalisation, moves the axes into the model's
+    order, pads each spatial axis up to a size the model takes (cropped off again), and returns
+    its raw output (predict applies ``output_activation``, the description's postprocessing).
+    """
+
+    def __init__(self, network: Any, plan: _Plan) -> None:
+        super().__init__()
+        self.network = network.eval()
+        self.plan = plan
+        self.spatial_dims = len(plan.spatial)
+        self.architecture = "bioimageio"
+        fixed = [s for s in plan.sizes if isinstance(s, int)]
+        steps = [s for s in plan.sizes if not isinstance(s, int)]
+        self.fixed_input_size = list(plan.sizes) if len(fixed) == len(plan.sizes) else None
+        self.size_multiple = (math.lcm(*(step for _, step in steps))
+                              if steps and not fixed and all(low % step == 0 for low, step in steps) else 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plan = self.plan
+        for kind, a, b in plan.fixed_ops:
+            if kind == "affine":
+                shape = (1, -1) + (1,) * (x.ndim - 2)
+                x = x * x.new_tensor(a).view(shape) + x.new_tensor(b).view(shape)
+            else:
+                x = torch.clamp(x, a, b)
+        spatial = tuple(x.shape[2:])
+        target = [_valid_size(size, n) if not isinstance(size, int) else size
+                  for size, n in zip(plan.sizes, spatial)]
+        if any(t < n for t, n in zip(target, spatial)):
+            sizes = ",".join(map(str, target))
+            raise ValueError(f"this model takes {'x'.join(map(str, target))} inputs, not "
+                             f"{'x'.join(map(str, spatial))}; predict with --window {sizes}")
+        if list(spatial) != target:
+            pad = [p for t, n in zip(reversed(target), reversed(spatial)) for p in (0, t - n)]
+            x = torch.nn.functional.pad(x, pad, mode="replicate")
+        y = self._run(x)
+        return y[(slice(None), slice(None), *(slice(0, n) for n in spatial))]
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on (N, C, *spatial) in its own axis order; back to (N, C, *spatial)."""
+        plan = self.plan
+        labels = ["batch", "channel", *plan.spatial]
+        if "channel" not in plan.input_order:  # a one-channel model without a channel axis
+            x, labels = x[:, 0], [a for a in labels if a != "channel"]
+        if "batch" in plan.input_order:
+            y = _first(self.network(x.permute(*[labels.index(a) for a in plan.input_order])))
+            out = list(plan.output_order)
+        else:  # one item at a time
+            inner = labels[1:]
+            y = torch.stack([_first(self.network(item.permute(*[inner.index(a) for a in plan.input_order])))
+                             for item in x])
+            out = ["batch", *plan.output_order]
+        if "channel" not in out:
+            y, out = y.unsqueeze(-1), [*out, "channel"]
+        return y.permute(*[out.index(a) for a in ["batch", "channel", *plan.spatial]])
+
+
+def _first(output: Any) -> Any:
+    return output[0] if isinstance(output, (list, tuple)) else output
