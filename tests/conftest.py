@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +161,40 @@ def workers() -> list:
         except psutil.NoSuchProcess:
             pass
     return found
+
+
+# --- BioImage.IO packages offline (tests/test_bioimageio.py, test_segment_zoo.py)
+
+
+@pytest.fixture(scope="module")
+def offline_bioimageio(tmp_path_factory):
+    """bioimageio's cache in a fresh writable folder, and every network connection refused and
+    recorded (in this process): the tests must pass with no network at all. A module of
+    BioImage.IO tests uses it for all its tests (an autouse module fixture requesting it); engine
+    workers and CLI subprocesses started meanwhile inherit the cache folder."""
+    cache = tmp_path_factory.mktemp("bioimageio-cache")
+    from bioimageio.spec import settings
+
+    previous_env, previous_path = os.environ.get("BIOIMAGEIO_CACHE_PATH"), settings.cache_path
+    os.environ["BIOIMAGEIO_CACHE_PATH"] = str(cache)
+    settings.cache_path = cache
+    attempts: list = []
+    connect = socket.socket.connect
+
+    def refuse(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            attempts.append(address)
+            raise OSError("network disabled in tests")
+        return connect(self, address)
+
+    socket.socket.connect = refuse
+    try:
+        yield attempts
+    finally:
+        socket.socket.connect = connect
+        settings.cache_path = previous_path
+        if previous_env is None:
+            os.environ.pop("BIOIMAGEIO_CACHE_PATH", None)
+        else:
+            os.environ["BIOIMAGEIO_CACHE_PATH"] = previous_env
+    assert attempts == [], f"bioimageio tried to reach the network: {attempts}"

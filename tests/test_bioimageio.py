@@ -4,7 +4,6 @@ other zoo models), offline. Tiny networks and volumes; bioimageio.core runs its 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import zipfile
 from pathlib import Path
@@ -18,70 +17,27 @@ import zarr
 pytest.importorskip("bioimageio.core")
 
 from conftest import cli_command, tiny_checkpoint  # noqa: E402
+from zoo_packages import ZooConv, cfg_container, tiny_2d_checkpoint, zoo_package  # noqa: E402
 from napari_connectomics.config import load_config  # noqa: E402
-from napari_connectomics.models import build_model  # noqa: E402
+from napari_connectomics.inference.bioimageio_export import export_bioimageio  # noqa: E402
 from napari_connectomics.models.bioimageio import (  # noqa: E402
     BioimageioError,
     bioimageio_config,
-    export_bioimageio,
     is_bioimageio_source,
 )
 from napari_connectomics.models.checkpoint import CONFIG_KEY, atomic_torch_save  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
-def offline_bioimageio(tmp_path_factory):
-    """bioimageio's cache in a fresh writable folder, and every network connection refused and
-    recorded (in this process): the tests must pass with no network at all."""
-    cache = tmp_path_factory.mktemp("bioimageio-cache")
-    from bioimageio.spec import settings
-
-    previous_env, previous_path = os.environ.get("BIOIMAGEIO_CACHE_PATH"), settings.cache_path
-    os.environ["BIOIMAGEIO_CACHE_PATH"] = str(cache)
-    settings.cache_path = cache
-    attempts: list = []
-    connect = socket.socket.connect
-
-    def refuse(self, address):
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            attempts.append(address)
-            raise OSError("network disabled in tests")
-        return connect(self, address)
-
-    socket.socket.connect = refuse
-    try:
-        yield attempts
-    finally:
-        socket.socket.connect = connect
-        settings.cache_path = previous_path
-        if previous_env is None:
-            os.environ.pop("BIOIMAGEIO_CACHE_PATH", None)
-        else:
-            os.environ["BIOIMAGEIO_CACHE_PATH"] = previous_env
-    assert attempts == [], f"bioimageio tried to reach the network: {attempts}"
+def offline(offline_bioimageio):
+    """Every test of this module offline (conftest.offline_bioimageio)."""
+    return offline_bioimageio
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`napari-connectomics ARGS` in a subprocess, with this module's bioimageio cache."""
     return subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def tiny_2d_checkpoint(path: Path, normalize: str = "percentile") -> Path:
-    cfg = load_config(overrides=["model.architecture=monai_unet", "model.spatial_dims=2",
-                                 "model.filters=[4,8]", "data.patch_size=[32,32]",
-                                 f"data.normalize={normalize}"])
-    torch.manual_seed(1)
-    model = build_model(cfg)
-    state = {"state_dict": {"model." + k: v for k, v in model.state_dict().items()},
-             CONFIG_KEY: cfg_container(cfg)}
-    return atomic_torch_save(state, path)
-
-
-def cfg_container(cfg):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 @pytest.fixture(scope="module")
@@ -179,65 +135,6 @@ def test_an_unpacked_package_predicts_the_same(package_2d, volume, tmp_path):
 # --- other zoo models --------------------------------------------------------------------------
 
 
-class _Conv(torch.nn.Module):
-    """A zoo-style network: 1 -> 2 channels, channels first or last."""
-
-    def __init__(self, channels_last: bool = False) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
-        self.channels_last = channels_last
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return self.conv(x)
-
-
-def zoo_package(folder: Path, *, channels_last: bool = False, time_axis: bool = False,
-                preprocessing: list | None = None, postprocessing: list | None = None) -> Path:
-    """A folder with rdf.yaml (spec 0.5) and TorchScript weights, as another tool would write it."""
-    folder.mkdir(parents=True)
-    torch.jit.script(_Conv(channels_last)).save(str(folder / "weights.pt"))
-
-    def space(axis, output=False):
-        size = {"tensor_id": "input", "axis_id": axis} if output else {"min": 8, "step": 8}
-        return {"type": "space", "id": axis, "size": size}
-
-    time = {"type": "time", "size": 1}
-    inputs = [{"type": "batch"}, *([time] if time_axis else [])]
-    outputs = [{"type": "batch"},
-               *([{"type": "time", "size": {"tensor_id": "input", "axis_id": "time"}}] if time_axis else [])]
-    channel_in = {"type": "channel", "channel_names": ["raw"]}
-    channel_out = {"type": "channel", "channel_names": ["background", "foreground"]}
-    if channels_last:
-        inputs += [space("y"), space("x"), channel_in]
-        outputs += [space("y", True), space("x", True), channel_out]
-    else:
-        inputs += [channel_in, space("y"), space("x")]
-        outputs += [channel_out, space("y", True), space("x", True)]
-    shape = [1, *([1] if time_axis else []), *([16, 16, 1] if channels_last else [1, 16, 16])]
-    np.save(folder / "input.npy", np.zeros(shape, np.float32))
-    np.save(folder / "output.npy", np.zeros(shape, np.float32))
-    (folder / "README.md").write_text("# a zoo model\n")
-    if preprocessing is None:
-        preprocessing = [{"id": "zero_mean_unit_variance", "kwargs": {"axes": ["channel", "y", "x"]}}]
-    if postprocessing is None:
-        postprocessing = [{"id": "softmax", "kwargs": {"axis": "channel"}}]
-    rdf = {
-        "format_version": "0.5.4", "type": "model", "name": "zoo test model", "description": "a conv",
-        "authors": [{"name": "someone"}], "cite": [{"text": "a paper", "doi": "10.1000/xyz"}],
-        "license": "MIT", "documentation": "README.md",
-        "inputs": [{"id": "input", "axes": inputs, "test_tensor": {"source": "input.npy"},
-                    "preprocessing": preprocessing}],
-        "outputs": [{"id": "output", "axes": outputs, "test_tensor": {"source": "output.npy"},
-                     "postprocessing": postprocessing}],
-        "weights": {"torchscript": {"source": "weights.pt", "pytorch_version": "2.0"}},
-    }
-    (folder / "rdf.yaml").write_text(yaml.safe_dump(rdf))
-    return folder / "rdf.yaml"
-
-
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_a_zoo_model_is_wrapped(volume, tmp_path, channels_last):
     """TorchScript weights, z-score preprocessing and softmax, with channels first or last: the
@@ -251,7 +148,7 @@ def test_a_zoo_model_is_wrapped(volume, tmp_path, channels_last):
     image = np.load(volume).astype(np.float32)
     image = (image - image.mean()) / image.std()
     with torch.no_grad():
-        expected = torch.softmax(_Conv()(torch.from_numpy(image[:, None])), 1).numpy().transpose(1, 0, 2, 3)
+        expected = torch.softmax(ZooConv()(torch.from_numpy(image[:, None])), 1).numpy().transpose(1, 0, 2, 3)
     assert result.window == (1, 72, 56)  # the default 256 x 256 shrunk to the volume, a multiple of 8
     assert np.abs(result.probabilities - expected).max() <= 1e-4
 
@@ -264,7 +161,7 @@ def test_a_zoo_model_without_postprocessing_gives_its_output(volume, tmp_path):
     result = predict(rdf, str(volume), PredictOptions(output_dtype="float32"))
     image = np.load(volume).astype(np.float32) * 2 - 1
     with torch.no_grad():
-        expected = _Conv()(torch.from_numpy(image[:, None])).numpy().transpose(1, 0, 2, 3)
+        expected = ZooConv()(torch.from_numpy(image[:, None])).numpy().transpose(1, 0, 2, 3)
     assert result.activation == "identity"
     assert np.abs(result.probabilities - expected).max() <= 1e-3 * np.abs(expected).max()
 

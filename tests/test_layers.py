@@ -24,6 +24,9 @@ ALLOWED = {
     "training": {"config", "registry", "data", "models", "progress", "inference"},
     "inference": {"config", "registry", "data", "models", "progress"},
 }
+# The package root holds only the version (it imports nothing), so every layer may read it: outputs
+# and model packages record which version wrote them.
+EVERYWHERE = {"__version__"}
 GUI_MODULES = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "magicgui", "superqt")
 
 
@@ -60,12 +63,17 @@ def test_imports_point_down(path: Path):
         parts = name.split(".")
         if parts[0] == "napari_connectomics" and len(parts) > 1:
             target = parts[1]
-            assert target == layer or target in ALLOWED[layer], f"{layer} imports {name}"
+            assert target == layer or target in ALLOWED[layer] | EVERYWHERE, f"{layer} imports {name}"
         assert parts[0] not in GUI_MODULES, f"{path.name} ({layer}) imports {name}: Qt/napari belong in widgets/"
 
 
 def test_config_imports_nothing_above_it():
     for path in (PACKAGE / "config").glob("*.py"):
         above = [n for n in _imports(path) if n.startswith("napari_connectomics.")
-                 and n.split(".")[1] not in ("config", "registry")]
+                 and n.split(".")[1] not in ("config", "registry", *EVERYWHERE)]
         assert not above, f"{path.name} imports {above}"
+
+
+def test_the_package_root_imports_nothing():
+    """What makes its version safe to read from every layer."""
+    assert _imports(PACKAGE / "__init__.py") == []

@@ -531,7 +531,7 @@ def cmd_convert_config(args: argparse.Namespace) -> int:
 
 
 def cmd_export_bioimageio(args: argparse.Namespace) -> int:
-    from .models.bioimageio import export_bioimageio
+    from .inference.bioimageio_export import export_bioimageio
 
     result = export_bioimageio(args.checkpoint, args.output, force=args.force, name=args.name,
                                license=args.license, authors=args.authors or (), sample=args.sample,

@@ -1,9 +1,10 @@
 """The Segment panel: pick a checkpoint and an Image layer, segment it in the background.
 
-Flow: the checkpoint (a file, or one of the recent runs under ``training.output_dir``) is read
-by the viewer's engine worker process to show its architecture and target; Segment captures a
-:class:`~.segment_request.SegmentRequest` (image data, region, options) on the GUI thread and
-the worker runs :func:`~.segment_request.run_segmentation` on it
+Flow: the checkpoint (a file, or one of the recent runs under ``training.output_dir``; or a
+BioImage.IO model: a ``.zip``, its ``rdf.yaml`` or its folder) is read by the viewer's engine
+worker process to show its architecture and target (a model's name, axes and channels);
+Segment captures a :class:`~.segment_request.SegmentRequest` (image data, region, options) on
+the GUI thread and the worker runs :func:`~.segment_request.run_segmentation` on it
 (:func:`~.worker_client.segment_in_worker`; a :class:`~.background.BackgroundJob` waits for it,
 and a large image goes through shared memory); the outcome becomes two layers,
 ``<image> probabilities`` and ``<image> segmentation``, placed with the source's scale and
@@ -39,6 +40,7 @@ from .forms import ConfigForm
 from .live_feedback import PREVIEW_MARK
 from .notify import UserError, describe_error, notify_error, show_info, show_warning
 from .segment_request import (
+    CHECKPOINT_FILTER,
     MEMORY_LIMIT_MB,
     OUTPUT_KEY,
     REGION_SHAPES,
@@ -144,9 +146,11 @@ class SegmentPanel(QWidget):
 
     def _build(self) -> None:
         inference = _section(self.session.config, "inference")
-        self.checkpoint_edit = widgets.FileEdit(label="checkpoint", mode="r", filter="*.ckpt",
-                                                tooltip="a .ckpt file written by training; the "
-                                                "network is rebuilt from the config inside it")
+        self.checkpoint_edit = widgets.FileEdit(
+            label="checkpoint", mode="r", filter=CHECKPOINT_FILTER,
+            tooltip="a .ckpt file written by training (the network is rebuilt from the config "
+            "inside it), or a BioImage.IO model: its .zip, its rdf.yaml, or (typed here) the "
+            "folder holding it")
         self.recent_combo = widgets.ComboBox(label="recent runs", nullable=True,
                                              choices=self._recent_choices,
                                              tooltip="checkpoints of the runs under the "

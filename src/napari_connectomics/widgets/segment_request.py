@@ -21,6 +21,8 @@ go to a Zarr store (``<folder>/<image>-<stamp>.zarr`` with the array ``probabili
 from __future__ import annotations
 
 import atexit
+import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -30,6 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +46,7 @@ from ..registry import POSTPROCESSORS, TARGETS
 from .errors import UserError
 
 __all__ = [
+    "CHECKPOINT_FILTER",
     "CheckpointInfo",
     "LabelsResult",
     "MEMORY_LIMIT_MB",
@@ -61,6 +65,7 @@ __all__ = [
     "find_checkpoints",
     "first_rectangle",
     "is_lazy_data",
+    "is_model_folder",
     "output_names",
     "read_checkpoint_info",
     "recent_checkpoint_choices",
@@ -86,6 +91,11 @@ SMALL_POSTPROCESS_VOXELS = 2**22  # a re-run of post-processing below this runs 
 LABEL_CHUNKS = (32, 128, 128)
 LABEL_BLOCK = (64, 256, 256)  # label_blockwise blocks: a multiple of LABEL_CHUNKS
 RECENT_LIMIT = 20
+# The checkpoint field's file dialog: our checkpoints and BioImage.IO model packages (a .zip, or
+# the rdf.yaml / bioimageio.yaml of an unpacked one; its folder can be typed in the field).
+CHECKPOINT_FILTER = ("Checkpoints and BioImage.IO models (*.ckpt *.zip *.yaml *.yml);;"
+                     "Checkpoints (*.ckpt);;BioImage.IO models (*.zip *.yaml *.yml);;All files (*)")
+ZOO_DESCRIPTIONS = ("rdf.yaml", "bioimageio.yaml")  # as models.bioimageio (which imports torch)
 
 _MB = 2**20
 
@@ -216,17 +226,41 @@ def output_names(image_name: str) -> tuple[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
+def _is_zoo_description(name: str) -> bool:
+    name = name.lower()
+    return name in ZOO_DESCRIPTIONS or name.endswith(".bioimageio.yaml")
+
+
+def is_model_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an unpacked BioImage.IO model: a folder holding its ``rdf.yaml`` (or
+    ``bioimageio.yaml``). Cheap and torch-free, for the GUI thread."""
+    path = Path(path)
+    try:
+        return path.is_dir() and any(p.is_file() and _is_zoo_description(p.name)
+                                     for p in path.iterdir())
+    except OSError:
+        return False
+
+
 def check_checkpoint_path(text: str | os.PathLike | None) -> Path:
-    """The chosen checkpoint as a Path, or a one-line error saying what to choose."""
+    """The chosen checkpoint (or BioImage.IO model) as a Path, or a one-line error saying what to
+    choose. A folder is accepted when it holds a BioImage.IO model's ``rdf.yaml``."""
     text = "" if text is None else os.fspath(text).strip()
     if text in ("", "."):
-        raise UserError("no checkpoint chosen: pick a .ckpt file, or a run under 'recent runs'")
+        raise UserError("no checkpoint chosen: pick a .ckpt file, a BioImage.IO model (.zip, rdf.yaml "
+                        "or its folder), or a run under 'recent runs'")
     path = Path(text).expanduser()
     if path.is_dir():
-        raise UserError(f"{path} is a folder; pick a checkpoint file (.ckpt) inside it, "
-                        "e.g. checkpoints/last.ckpt")
+        if is_model_folder(path):
+            return path
+        raise UserError(f"{path} is a folder; pick a checkpoint file (.ckpt) inside it, e.g. "
+                        "checkpoints/last.ckpt, or a folder holding a BioImage.IO model's rdf.yaml")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pick another file or a recent run")
+    if path.suffix.lower() in (".yaml", ".yml") and not _is_zoo_description(path.name):
+        raise UserError(f"{path.name} is not a BioImage.IO model description (rdf.yaml, "
+                        "bioimageio.yaml or *.bioimageio.yaml); pick a .ckpt file, a model's .zip "
+                        "or its rdf.yaml")
     return path
 
 
@@ -281,7 +315,8 @@ def _run_label(path: Path, root: Path | None) -> str:
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """What the panel shows and needs of a checkpoint: read from the config stored inside it."""
+    """What the panel shows and needs of a checkpoint: read from the config stored inside it
+    (for a BioImage.IO model, the config predict derives from its description)."""
 
     path: str
     architecture: str
@@ -290,6 +325,8 @@ class CheckpointInfo:
     out_channels: int
     target: str
     window: tuple[int, int, int]  # default z, y, x window (a 2D network: 1, y, x)
+    package: str = ""  # a BioImage.IO model's name ("" for a checkpoint)
+    axes: str = ""  # a BioImage.IO model's input axes, e.g. "batch,channel,y,x"
 
     @property
     def channel_layout(self) -> str:
@@ -298,6 +335,12 @@ class CheckpointInfo:
 
     def summary(self) -> str:
         window = "x".join(str(n) for n in self.window[-self.spatial_dims:])
+        if self.package:
+            axes = f" ({self.axes})" if self.axes else ""
+            plural = "s" if self.out_channels != 1 else ""
+            return (f"BioImage.IO model '{self.package}': {self.architecture}, "
+                    f"{self.spatial_dims}D{axes}, {self.in_channels} -> {self.out_channels} "
+                    f"channel{plural}, target {self.target}, window {window}")
         return (f"{self.architecture}, {self.spatial_dims}D, target {self.target} "
                 f"({self.out_channels} channel{'s' if self.out_channels != 1 else ''}), "
                 f"window {window}")
@@ -317,12 +360,96 @@ def checkpoint_info(cfg: Any, path: str | os.PathLike = "") -> CheckpointInfo:
 
 
 def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
-    """Read a checkpoint's stored config (imports torch: call it from a background thread)."""
-    from ..models.checkpoint import config_from_checkpoint, load_checkpoint
+    """Read a checkpoint's stored config, or a BioImage.IO model's description (its name, axes
+    and the config predict runs it with); imports torch: call it in the worker or a background
+    thread. A model that cannot be run raises its one-line :class:`UserError`."""
+    from ..models.bioimageio import is_bioimageio_source
+    from ..models.checkpoint import checkpoint_config
 
     path = Path(path)
-    cfg = config_from_checkpoint(load_checkpoint(path), source=repr(str(path)))
-    return checkpoint_info(cfg, path)
+    with _one_line_errors():
+        cfg = checkpoint_config(path)
+    info = checkpoint_info(cfg, path)
+    if is_bioimageio_source(path):
+        info = dataclasses.replace(info, **_package_facts(path, str(cfg.model.architecture)))
+    return info
+
+
+@contextlib.contextmanager
+def _one_line_errors() -> Any:
+    """A checkpoint's or a BioImage.IO model's refusal (CheckpointError, BioimageioError: one line
+    naming the problem) as a :class:`UserError`, which the panel notifies as it is."""
+    try:
+        yield
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as error:
+        from ..models.bioimageio import BioimageioError
+        from ..models.checkpoint import CheckpointError
+
+        if isinstance(error, (BioimageioError, CheckpointError)):
+            raise UserError(str(error)) from None
+        raise
+
+
+def _package_facts(path: Path, architecture: str) -> dict[str, str]:
+    """Name, input axes and network of a BioImage.IO model, from its raw description (already
+    validated by :func:`~..models.bioimageio.bioimageio_config`): for the info line only."""
+    rdf = _package_description(path)
+    fallback = path.parent.name if path.suffix.lower() in (".yaml", ".yml") else path.stem
+    name = str(rdf.get("name") or fallback)
+    weights = rdf.get("weights") if isinstance(rdf.get("weights"), dict) else {}
+    config = rdf.get("config") if isinstance(rdf.get("config"), dict) else {}
+    attachments = rdf.get("attachments") or []
+    if isinstance(attachments, dict):  # spec 0.4: {files: [...]}
+        attachments = attachments.get("files") or []
+    sources = [str(a.get("source", "") if isinstance(a, dict) else a) for a in attachments]
+    names = [source.replace("\\", "/").rsplit("/", 1)[-1] for source in sources]
+    # as models.bioimageio decides: one of ours is rebuilt from its config, others run as they are
+    ours = (isinstance(config.get("napari_connectomics"), dict)
+            and bool(weights.get("pytorch_state_dict")) and "config.yaml" in names)
+    if not ours:  # another tool's network, run through its weights
+        formats = [k for k in ("pytorch_state_dict", "torchscript") if weights.get(k)]
+        architecture = f"{formats[0]} network" if formats else "zoo network"
+    return {"package": name[:80], "axes": _input_axes_text(rdf), "architecture": architecture}
+
+
+def _package_description(path: Path) -> dict[str, Any]:
+    """The description (rdf.yaml) of a package (a .zip, the YAML itself, or its folder); {} if
+    it cannot be read."""
+    import yaml
+
+    try:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and _is_zoo_description(p.name))
+            text = found[0].read_bytes()
+        elif path.suffix.lower() == ".zip":
+            with zipfile.ZipFile(path) as archive:
+                member = next(n for n in sorted(archive.namelist())
+                              if "/" not in n and _is_zoo_description(n))
+                text = archive.read(member)
+        else:
+            text = path.read_bytes()
+        description = yaml.safe_load(text)
+    except Exception:  # the info line then shows the file name
+        logger.debug("could not read the description of %s", path, exc_info=True)
+        return {}
+    return description if isinstance(description, dict) else {}
+
+
+def _input_axes_text(rdf: dict[str, Any]) -> str:
+    """The first input's axes, e.g. ``batch,channel,y,x`` (spec 0.5 axis list or 0.4 letters)."""
+    inputs = rdf.get("inputs")
+    if not isinstance(inputs, list) or not inputs or not isinstance(inputs[0], dict):
+        return ""
+    axes = inputs[0].get("axes")
+    if isinstance(axes, str):  # spec 0.4: "bcyx"
+        letters = {"b": "batch", "c": "channel", "t": "time"}
+        return ",".join(letters.get(a, a) for a in axes)
+    if isinstance(axes, list):
+        return ",".join(str(a.get("id") or a.get("type")) if isinstance(a, dict) else str(a)
+                        for a in axes)
+    return ""
 
 
 _MODEL_CACHE: dict[tuple[str, int, int], tuple[Any, Any]] = {}
@@ -337,15 +464,19 @@ def _leave_a_core_for_the_gui() -> None:
 
 
 def _load_model(path: Path) -> tuple[Any, Any]:
-    """(model, config) of a checkpoint; the last one is kept, so re-segmenting skips the load."""
+    """(model, config) of a checkpoint or a BioImage.IO model (``load_model_from_checkpoint`` routes
+    it); the last one is kept, so re-segmenting skips the load."""
     from ..models.checkpoint import load_model_from_checkpoint
 
-    stat = path.stat()
+    described = [p for p in sorted(path.iterdir()) if p.is_file() and _is_zoo_description(p.name)] \
+        if path.is_dir() else []
+    stat = (described[0] if described else path).stat()  # an unpacked model: its rdf.yaml's
     key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
     with _MODEL_LOCK:
         if key in _MODEL_CACHE:
             return _MODEL_CACHE[key]
-    model, cfg = load_model_from_checkpoint(path)
+    with _one_line_errors():
+        model, cfg = load_model_from_checkpoint(path)
     with _MODEL_LOCK:
         _MODEL_CACHE.clear()
         _MODEL_CACHE[key] = (model, cfg)
