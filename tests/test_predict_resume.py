@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 
 from conftest import CLI_ENV, cli_command, tiny_checkpoint
@@ -33,6 +34,18 @@ ENGINES = {  # the CLI options of each engine, and how many blocks it plans
     "blocks": (["--block", "16,48,48", "--memory-limit", "1"], 8),  # independent blocks
 }
 COMMON = ["--overlap", "0.5", "--output-dtype", "float32"]
+# Sums run in the same order only with the same number of torch threads: the killed runs
+# (subprocesses) and the runs in this process (whose count other tests change) use one.
+THREADS = 1
+ENV = {**CLI_ENV, "OMP_NUM_THREADS": str(THREADS)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def same_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +76,7 @@ def interrupt(args: list[str], out: Path, timeout: float = 240) -> tuple[Path, l
     """Start `napari-connectomics ARGS`, SIGKILL it once its manifest lists some blocks but not
     all: (its partial store, the blocks listed just before the kill, the number of blocks)."""
     process = subprocess.Popen(cli_command("-q", *args), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, env=CLI_ENV)
+                               stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -318,7 +331,7 @@ def test_disk_full_during_predict_is_one_line(setup, small_disk, tmp_path):
     out = disk / "pred.zarr"
     before = digest(setup[2])
     process = subprocess.Popen(cli_command("-q", *predict_args(setup, out)),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLI_ENV)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and process.poll() is None:
