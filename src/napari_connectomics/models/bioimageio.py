@@ -292,21 +292,30 @@ def _axis_kind(axis: Any) -> str:
     return f"{kind} axis '{axis.id}'"
 
 
-def _input_axes(tensor: Any, path: Path) -> tuple[list[str], int, list[str], list[Any]]:
-    from bioimageio.spec.model import v0_5
-
-    order, channels, sizes = [], 1, {}
+def _axis_order(tensor: Any, role: str, path: Path) -> tuple[list[str], int]:
+    """The kinds of ``tensor``'s axes in its order and its channel count; an axis kind we cannot
+    run, or a channel axis of variable size, is refused in one line."""
+    order, channels = [], 1
     for axis in tensor.axes:
         kind = _axis_kind(axis)
         if kind not in ("batch", "channel", "z", "y", "x"):
-            raise BioimageioError(f"{path}: input {kind} is not supported: napari-connectomics runs models "
+            raise BioimageioError(f"{path}: {role} {kind} is not supported: napari-connectomics runs models "
                                   "with batch, channel and z, y, x (or y, x) axes")
         order.append(kind)
         if kind == "channel":
             if not isinstance(axis.size, int):
-                raise BioimageioError(f"{path}: an input channel axis of variable size is not supported")
+                raise BioimageioError(f"{path}: an {role} channel axis of variable size is not supported")
             channels = int(axis.size)
-        elif kind != "batch":
+    return order, channels
+
+
+def _input_axes(tensor: Any, path: Path) -> tuple[list[str], int, list[str], list[Any]]:
+    from bioimageio.spec.model import v0_5
+
+    order, channels = _axis_order(tensor, "input", path)
+    sizes = {}
+    for axis, kind in zip(tensor.axes, order):
+        if kind not in ("batch", "channel"):
             if isinstance(axis.size, int):
                 sizes[kind] = int(axis.size)
             elif isinstance(axis.size, v0_5.ParameterizedSize):
@@ -324,18 +333,9 @@ def _input_axes(tensor: Any, path: Path) -> tuple[list[str], int, list[str], lis
 def _output_axes(tensor: Any, tensor_in: Any, spatial: list[str], path: Path) -> tuple[list[str], int]:
     from bioimageio.spec.model import v0_5
 
-    order, channels = [], 1
-    for axis in tensor.axes:
-        kind = _axis_kind(axis)
-        if kind not in ("batch", "channel", "z", "y", "x"):
-            raise BioimageioError(f"{path}: output {kind} is not supported: napari-connectomics runs models "
-                                  "with batch, channel and z, y, x (or y, x) axes")
-        order.append(kind)
-        if kind == "channel":
-            if not isinstance(axis.size, int):
-                raise BioimageioError(f"{path}: an output channel axis of variable size is not supported")
-            channels = int(axis.size)
-        elif kind != "batch":
+    order, channels = _axis_order(tensor, "output", path)
+    for axis, kind in zip(tensor.axes, order):
+        if kind not in ("batch", "channel"):
             size = axis.size
             same = (isinstance(size, v0_5.SizeReference) and str(size.axis_id) == kind
                     and str(size.tensor_id) == str(tensor_in.id) and size.offset == 0)
