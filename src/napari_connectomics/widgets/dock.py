@@ -62,15 +62,9 @@ class ConnectomicsWidget(QWidget):
             self.destroyed.connect(_release_gc)
         self.viewer = napari_viewer
         self._panels: dict[str, QWidget] = {}
-        self._pages: dict[str, QVBoxLayout] = {}
         self.tabs = QTabWidget()
-        for title, _, _ in PANELS:
-            page = QWidget()
-            page_layout = QVBoxLayout(page)
-            page_layout.setContentsMargins(0, 0, 0, 0)
-            page_layout.addWidget(QLabel("Loading…"))
-            self._pages[title] = page_layout
-            self.tabs.addTab(page, title)
+        for title, _, _ in PANELS:  # a placeholder per tab until its panel is built
+            self.tabs.addTab(QLabel("Loading…"), title)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)
@@ -128,16 +122,16 @@ class ConnectomicsWidget(QWidget):
         if panel is not None:
             return panel
         built = [t for t, _, _ in PANELS if t in self._panels]
-        for earlier, module, name in PANELS:  # panels are built in order: the Model panel first
+        for index, (earlier, module, name) in enumerate(PANELS):  # in order: the Model panel first
             if earlier in built:
                 continue
             cls = getattr(importlib.import_module(module, __package__), name)
             made = cls(self.viewer)
-            page = self._pages[earlier]
-            placeholder = page.takeAt(0)
-            if placeholder is not None and placeholder.widget() is not None:
-                placeholder.widget().deleteLater()
-            page.addWidget(made)
+            current, placeholder = self.tabs.currentIndex(), self.tabs.widget(index)
+            self.tabs.removeTab(index)  # the tab holds the panel itself: tabs.setCurrentWidget(panel) works
+            self.tabs.insertTab(index, made, earlier)
+            self.tabs.setCurrentIndex(current)
+            placeholder.deleteLater()
             self._panels[earlier] = made
             if earlier == title:
                 return made
