@@ -217,22 +217,36 @@ def _precision(precision: str, accelerator: str) -> str:
 
 
 def init_from_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> None:
-    """Fine-tune start: copy matching weights; a MedNeXt with a larger kernel gets UpKern."""
+    """Fine-tune start: load the weights whose names and shapes fit and name the rest, so a new
+    input or class count (first/last layer) retrains only those layers; a MedNeXt with a larger
+    kernel gets UpKern. Refuses (one line) a checkpoint that would leave most weights untrained."""
+    from ..models.architectures.wrappers import MedNeXtModel
+
     state = model_state_dict(load_checkpoint(path))
     target = model.state_dict()
-    kernel_mismatch = [k for k, v in state.items() if k in target and v.shape != target[k].shape]
-    if kernel_mismatch and hasattr(model, "network"):
+    fitting = {k: v for k, v in state.items() if k in target and v.shape == target[k].shape}
+    resizable = [k for k, v in state.items() if k in target and k not in fitting
+                 and v.ndim == target[k].ndim > 2 and v.shape[:2] == target[k].shape[:2]]
+    if resizable and isinstance(model, MedNeXtModel):
         from ..models.architectures.mednext import upkern_load_weights
 
         upkern_load_weights(model.network, {k.removeprefix("network."): v for k, v in state.items()})
-        logger.info("Initialised from %s with UpKern (%d kernels resized)", path, len(kernel_mismatch))
+        logger.info("Initialised from %s with UpKern (%d kernels resized)", path, len(resizable))
         return
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if kernel_mismatch or len(missing) == len(target):
+    share = sum(v.numel() for v in fitting.values()) / max(1, sum(v.numel() for v in target.values()))
+    if share < 0.5:
         raise ConfigError("model.pretrained", str(path),
-                          "its weights do not fit this architecture; use a checkpoint of the same network")
-    logger.info("Initialised from %s (%d weights; %d kept their initial values)", path,
-                len(target) - len(missing), len(missing))
+                          f"its weights do not fit this architecture ({share:.0%} of the values fit); "
+                          "use a checkpoint of the same network")
+    model.load_state_dict(fitting, strict=False)
+    reshaped = [f"{k} {tuple(state[k].shape)} -> {tuple(v.shape)}" for k, v in target.items()
+                if k in state and k not in fitting]
+    absent = [k for k in target if k not in state]
+    reasons = ((reshaped, "shape differs (checkpoint -> this network)"), (absent, "not in the checkpoint"))
+    skipped = "".join(f"; {len(names)} skipped, {why}: {', '.join(names[:8])}"
+                      + (f" and {len(names) - 8} more" if len(names) > 8 else "")  # readable for a whole network
+                      for names, why in reasons if names)
+    logger.info("Initialised from %s: %d of %d weights loaded%s", path, len(fitting), len(target), skipped)
 
 
 def _check_monitor(cfg: DictConfig) -> None:
