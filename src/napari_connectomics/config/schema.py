@@ -155,6 +155,13 @@ class DataConfig:
         choices=("pieces", "sections", "none"))
     patch_size: Optional[list[int]] = knob(None, "training patch, z-y-x (y-x for 2D); default 32x128x128 or 256x256")
     voxel_size: list[float] = knob([1.0, 1.0, 1.0], "physical voxel size z-y-x (anisotropic EM is common)")
+    context_sections: int = knob(
+        0, "2.5D input of a 2D network: this many neighbouring sections on each side of a section are extra "
+        "input channels (z ascending, the section in the middle; clamped at the volume's ends); 0: the section "
+        "alone", minimum=0)
+    context_step: Optional[int] = knob(
+        None, "sections between context neighbours; unset: from voxel_size, 1 when z is at least twice the "
+        "in-plane size (anisotropic), more when it is finer (isotropic: 2)", minimum=1)
     batch_size: int = knob(2, "patches per step", minimum=1)
     num_workers: int = knob(0, "data-loader worker processes", minimum=0)
     in_memory_mb: int = knob(4096, "volumes up to this size are read into memory once (5x faster patches "
@@ -229,7 +236,11 @@ class InferenceConfig:
     blending: str = knob("gaussian", "how overlapping windows are blended", choices=("gaussian", "constant"))
     padding_mode: str = knob("constant", "padding at the volume border", choices=("constant", "reflect", "replicate"))
     tta: bool = knob(False, "test-time augmentation with flips (and in-plane rot90)")
+    triplanar: bool = knob(False, "2D networks on isotropic volumes: predict the xy, xz and yz planes and "
+                           "average the three probability volumes")
     device: str = knob("auto", "device for the windows", choices=("auto", "cpu", "cuda", "gpu", "mps"))
+    precision: str = knob("32", "arithmetic of the forward pass on a CUDA GPU (16-mixed, bf16-mixed: autocast; "
+                           "a CPU always computes in float32)", choices=("32", "16-mixed", "bf16-mixed"))
     threshold: float = knob(0.5, "foreground probability threshold", minimum=0.0, maximum=1.0)
     instances: str = knob("none", "post-processing (a registered post-processor)", choices=POSTPROCESSORS)
     min_size: int = knob(0, "objects smaller than this (voxels) are removed", minimum=0)

@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..registry import ARCHITECTURES, LOSSES, TARGETS, NamedRegistry
+from .context import check_context
 from .errors import ConfigError, closest, format_choices
 from .schema import ConnectomicsConfig
 
@@ -55,6 +56,7 @@ def validate_config(cfg: DictConfig) -> DictConfig:
     resolve_config(cfg)
     _check_declared(cfg, ConnectomicsConfig, prefix="")
     _check_model(cfg)
+    check_context(cfg)
     _check_sizes(cfg)
     _check_training(cfg)
     return cfg

@@ -9,6 +9,8 @@ Geometry: every volume is handled as a z-y-x stack (a 2D image is a one-section 
 network gets (C, z, y, x) patches; a 2D network gets (C, y, x) patches from one random section.
 Patches that reach beyond the sampled region (a volume or z-range smaller than the patch) are
 padded: the image by reflection, the label with IGNORE_INDEX, so the loss never scores padding.
+With a :class:`~.sections.SectionContext` (2.5D input, 2D networks only) each image channel comes
+with its neighbouring sections as channels, read by the same reader as prediction's input.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch.utils.data import Dataset
 from .checks import check_not_rgb
 from .conventions import IGNORE_INDEX
 from .normalize import NORMALIZATION_MODES, IntensityStats, intensity_stats, read_normalized
+from .sections import SectionContext
 from .targets import LABEL_MODES, TARGETS, labels_to_classes
 from .volumes import Volume, open_volume
 
@@ -94,6 +97,7 @@ class _Source:
         label_mode: str,
         target: str,
         normalize: str,
+        context: SectionContext = SectionContext(),
     ) -> None:
         if pair.label is None:
             raise ValueError(
@@ -108,6 +112,7 @@ class _Source:
         z0, z1 = _check_z_range(pair.z_range, shape[0], self.label.source)
         self.region: Box = ((z0, z1), (0, shape[1]), (0, shape[2]))
         self.label_mode, self.target, self.normalize = label_mode, target, normalize
+        self.context, self.n_z = context, shape[0]
         # Measured once per volume, applied to every patch ('none' needs no statistics).
         self.stats: IntensityStats | None = (
             None if normalize == "none" else intensity_stats(self.image)
@@ -163,10 +168,16 @@ class _Source:
     # -- reading -------------------------------------------------------------------------------
 
     def read_image(self, start: Start, size: Start) -> np.ndarray:
-        """Normalised float32 (C, z, y, x) patch; beyond the region the image is reflected."""
+        """Normalised float32 (C, z, y, x) patch (C times the context's sections); beyond the
+        region the image is reflected."""
         inner, pads = self._clip(start, size)
-        image = read_normalized(self.image, self._spatial_index(inner), has_channels=self.channels,
-                                flat=self.is_2d, mode=self.normalize, stats=self.stats)
+
+        def read_z(z: slice) -> np.ndarray:
+            box = ((z.start, z.stop), *inner[1:])
+            return read_normalized(self.image, self._spatial_index(box), has_channels=self.channels,  # type: ignore[arg-type]
+                                   flat=self.is_2d, mode=self.normalize, stats=self.stats)
+
+        image = self.context.read(read_z, slice(*inner[0]), self.n_z)
         return _pad_reflect(image, pads)
 
     def read_classes(self, start: Start, size: Start) -> np.ndarray:
@@ -246,12 +257,17 @@ class _PatchSet(Dataset):
         in_channels: int,
         index_foreground: bool,
         seed: int,
+        context: SectionContext | None = None,
     ) -> None:
         _check_choice("label_mode", label_mode, LABEL_MODES)
         _check_choice("target", target, TARGETS)
         _check_choice("normalize", normalize, NORMALIZATION_MODES)
         self.spatial_dims = spatial_dims
         self.patch_size = _check_patch_size(patch_size, spatial_dims)
+        context = context if context is not None else SectionContext()
+        if context.sections and spatial_dims != 2:
+            raise ValueError(f"context sections ({context.sections}) are extra input channels of a 2D "
+                             "network; use spatial_dims=2, or no context for a 3D network")
         # Windows are always z-y-x; a 2D patch is a one-section window.
         self._size: Start = (1, *self.patch_size)[-3:]  # type: ignore[assignment]
         self.seed = int(seed) % _SEED_MODULUS
@@ -259,7 +275,7 @@ class _PatchSet(Dataset):
             raise ValueError("no volume pairs given; patches need at least one image with labels")
         self.sources = [
             _Source(p, in_channels=in_channels, label_mode=label_mode, target=target,
-                    normalize=normalize)
+                    normalize=normalize, context=context)
             for p in pairs
         ]
         self.sparse = label_mode == "sparse"
@@ -375,6 +391,7 @@ class PatchDataset(_PatchSet):
         augment: Callable[[dict], dict] | None = None,
         seed: int = 0,
         in_channels: int = 1,
+        context: SectionContext | None = None,
     ) -> None:
         _check_choice("foreground_sampling", foreground_sampling, FOREGROUND_SAMPLING_MODES)
         if not 0.0 <= foreground_ratio <= 1.0:
@@ -385,6 +402,7 @@ class PatchDataset(_PatchSet):
             pairs, patch_size, spatial_dims=spatial_dims, label_mode=label_mode, target=target,
             normalize=normalize, in_channels=in_channels,
             index_foreground=foreground_sampling == "balanced" and foreground_ratio > 0, seed=seed,
+            context=context,
         )
         self.foreground_sampling = foreground_sampling
         self.foreground_ratio = float(foreground_ratio)
@@ -449,6 +467,7 @@ class ValidationPatches(_PatchSet):
         foreground_ratio: float = 0.5,
         seed: int = 0,
         in_channels: int = 1,
+        context: SectionContext | None = None,
     ) -> None:
         if n_patches is not None and n_patches < 1:
             raise ValueError(f"n_patches must be at least 1 or None (a grid); got {n_patches!r}")
@@ -458,6 +477,7 @@ class ValidationPatches(_PatchSet):
             pairs, patch_size, spatial_dims=spatial_dims, label_mode=label_mode, target=target,
             normalize=normalize, in_channels=in_channels,
             index_foreground=n_patches is not None and foreground_ratio > 0, seed=seed,
+            context=context,
         )
         if n_patches is None:
             self._locations = [

@@ -92,6 +92,10 @@ def export_bioimageio(
     from bioimageio.spec.model import v0_5
 
     model, cfg = load_model_from_checkpoint(checkpoint)
+    if int(cfg.data.context_sections):
+        raise BioimageioError(f"{checkpoint} was trained with 2.5D context (data.context_sections="
+                              f"{cfg.data.context_sections}), which a BioImage.IO package cannot describe; "
+                              "export a network trained with data.context_sections=0")
     model.eval()
     dims = int(cfg.model.spatial_dims)
     spatial = ["z", "y", "x"][3 - dims:]

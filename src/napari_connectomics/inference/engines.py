@@ -30,7 +30,7 @@ import torch
 
 from ..progress import Progress, ProgressCallback, emit
 from .input import VolumeInput
-from .predictor import WindowPredictor, activate, model_on, resolve_device
+from .predictor import WindowPredictor, activate, autocast_dtype, model_on, resolve_device
 from .stores import OutputWriter
 from .windows import Block, WindowGrid, stitch_block, stitch_regions
 
@@ -45,12 +45,40 @@ class _Cancelled(Exception):
     """Raised between window batches when the stop event is set."""
 
 
-def _stored(probabilities: torch.Tensor, dtype: np.dtype) -> np.ndarray:
-    """:func:`.stores.to_storage` in torch (multi-threaded, same rounding: to nearest even)."""
+def _stored(probabilities: torch.Tensor, dtype: np.dtype) -> np.ndarray | _FromDevice:
+    """:func:`.stores.to_storage` in torch (multi-threaded, same rounding: to nearest even). On a
+    GPU the conversion runs there (half the bytes cross the bus) and the copy to the host is only
+    started: :func:`_arrived` waits for it, in the thread that writes."""
     if dtype == np.uint8:
-        scaled = probabilities.clamp(0.0, 1.0).mul_(255.0).round_()
-        return scaled.to(torch.uint8).numpy()
-    return probabilities.to(getattr(torch, dtype.name)).numpy()
+        converted = probabilities.clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
+    else:
+        converted = probabilities.to(getattr(torch, dtype.name))
+    if converted.device.type == "cuda":
+        return _FromDevice(converted)
+    return converted.numpy()
+
+
+class _FromDevice:
+    """A GPU tensor on its way to page-locked host memory: the copy is queued behind the work
+    that made it, so the thread driving the GPU goes on; ``numpy()`` waits for the copy."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        self.host.copy_(tensor, non_blocking=True)
+        self.copied = torch.cuda.Event()
+        self.copied.record()
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.host.shape)
+
+    def numpy(self) -> np.ndarray:
+        self.copied.synchronize()
+        return self.host.numpy()
+
+
+def _arrived(data: np.ndarray | _FromDevice) -> np.ndarray:
+    return data.numpy() if isinstance(data, _FromDevice) else data
 
 
 @dataclass(frozen=True)
@@ -65,6 +93,12 @@ class BlockJob:
     tta: bool
     spatial_dims: int
     device: str  # an option ('auto', 'cpu', ...), resolved in the process that runs the block
+    precision: str = "32"  # of the forward pass on a GPU ('16-mixed', ...), see predictor.autocast_dtype
+
+    def predictor(self, model: torch.nn.Module, device: torch.device) -> WindowPredictor:
+        """The window predictor for this job's model on ``device``."""
+        return WindowPredictor(model, device, self.spatial_dims, self.activation, self.tta,
+                               self.grid.window, autocast_dtype(self.precision, device))
 
 
 @lru_cache(maxsize=8)
@@ -149,11 +183,14 @@ def _predict_slabs(job: BlockJob, source: VolumeInput, predictor: WindowPredicto
         return predictor(windows.to(predictor.device)).cpu()
 
     grid = job.grid
+    on_gpu = predictor.device.type == "cuda"  # sums on the GPU: windows never leave it
     with torch.inference_mode():
         pieces = stitch_regions(grid, [block.core[0] for block in slabs], source.read,
-                                predict_batch, _importance(grid.window, job.blending),
+                                predictor if on_gpu else predict_batch,
+                                _importance(grid.window, job.blending),
                                 batch_size=job.batch_size, padding_mode=job.padding_mode,
-                                check=check, cuts=cuts, prefetch=prefetch, first=first)
+                                check=check, cuts=cuts, prefetch=prefetch, first=first,
+                                device=predictor.device if on_gpu else None)
         with closing(pieces):
             for piece in pieces:
                 if piece.mean is None:
@@ -314,8 +351,7 @@ def _dask_block(checkpoint: str, job: BlockJob, source: VolumeInput, block: Bloc
     try:
         check()
         device = resolve_device(job.device)
-        predictor = WindowPredictor(_worker_model(checkpoint, device), device, job.spatial_dims,
-                                    job.activation, job.tta, job.grid.window)
+        predictor = job.predictor(_worker_model(checkpoint, device), device)
         probabilities = compute_block(job, source, predictor, block, check)
         check()
     except _Cancelled:
@@ -408,7 +444,9 @@ def run_engine(model: torch.nn.Module, device: torch.device, job: BlockJob, sour
     overlap = overlap_io(device)
     behind: _WriteBehind | _WriteNow | None = None
     if writer is not None:
-        sink = partial(writer.write, stored=True)
+        def sink(region: tuple[slice, ...], data: np.ndarray | _FromDevice) -> None:
+            writer.write(region, _arrived(data), stored=True)
+
         behind = _WriteBehind(sink) if overlap else _WriteNow(sink)
 
     def write(region: tuple[slice, ...], probabilities: np.ndarray | torch.Tensor) -> None:
@@ -420,7 +458,7 @@ def run_engine(model: torch.nn.Module, device: torch.device, job: BlockJob, sour
         if behind is not None:
             behind.put(region, stored)
         else:
-            memory[(slice(None), *region)] = stored
+            memory[(slice(None), *region)] = _arrived(stored)
 
     def finished(index: int) -> None:  # after the regions written so far
         if record is not None and behind is not None:
@@ -428,8 +466,7 @@ def run_engine(model: torch.nn.Module, device: torch.device, job: BlockJob, sour
 
     try:
         with model_on(model, device) as on_device:
-            predictor = WindowPredictor(on_device, device, job.spatial_dims, job.activation,
-                                        job.tta, job.grid.window)
+            predictor = job.predictor(on_device, device)
             if slabs:
                 cuts = _piece_cuts(job.grid, writer.chunks[1:]) if writer is not None else ((), ())
                 first = 0

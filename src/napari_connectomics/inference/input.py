@@ -1,5 +1,11 @@
 """The input volume as the engines see it: opened, checked against the network, cut to the
-region of interest, read as normalised float32 (C, z, y, x)."""
+region of interest, read as normalised float32 (C, z, y, x).
+
+With 2.5D context (:class:`~napari_connectomics.data.sections.SectionContext`) C holds each image
+channel's neighbouring sections, read by the reader the training patches use. A view may be
+transposed (:meth:`VolumeInput.transposed`, for tri-planar prediction): its z, y, x are then other
+axes of the volume, and the context runs along its own z, the normal of its planes.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import numpy as np
 
 from ..data.checks import check_not_rgb
 from ..data.normalize import IntensityStats, read_normalized
+from ..data.sections import SectionContext
 from ..data.volumes import Volume, open_volume
 
 __all__ = ["VolumeInput", "prepare_input", "read_once", "shape_text"]
@@ -23,7 +30,10 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class VolumeInput:
     """The input as the engines see it: spatial ``shape`` (z, y, x) of the region to predict,
-    read as normalised float32 (C, z, y, x). Picklable (for dask workers)."""
+    read as normalised float32 (C, z, y, x). Picklable (for dask workers).
+
+    ``offset`` and ``shape`` are in the view's axis order: view axis i is the volume's (z, y, x)
+    axis ``axes[i]``."""
 
     volume: Volume
     has_channels: bool
@@ -32,14 +42,15 @@ class VolumeInput:
     shape: tuple[int, int, int]
     normalize: str = "none"
     stats: IntensityStats | None = None
+    context: SectionContext = SectionContext()
+    axes: tuple[int, int, int] = (0, 1, 2)
 
     def read(self, region: Sequence[slice]) -> np.ndarray:
         index = tuple(slice(r.start + o, r.stop + o) for r, o in zip(region, self.offset))
-        data = read_normalized(self.volume, index[1:] if self.flat else index,
-                               has_channels=self.has_channels, flat=self.flat,
-                               mode=self.normalize, stats=self.stats, copy=False)
+        extent = self._volume_shape()[self.axes[0]]  # context is clamped at the volume's ends
+        data = self.context.read(lambda z: self._read_view((z, *index[1:])), index[0], extent)
         if self.volume.dtype.kind == "f" and not np.isfinite(data).all():  # NaN out, silently, otherwise
-            where = ", ".join(f"{a} {s.start}:{s.stop}" for a, s in zip("zyx", index[-3:]))
+            where = ", ".join(f"{'zyx'[a]} {s.start}:{s.stop}" for a, s in zip(self.axes, index))
             raise ValueError(f"the image {self.volume.source} holds NaN or infinite values (in {where}) that "
                              "reach the network; replace them (e.g. numpy.nan_to_num) before predicting")
         return data
@@ -47,10 +58,36 @@ class VolumeInput:
     def whole(self) -> tuple[slice, slice, slice]:
         return tuple(slice(0, n) for n in self.shape)  # type: ignore[return-value]
 
+    def transposed(self, axes: Sequence[int]) -> VolumeInput:
+        """The same input seen with this view's axes ``axes`` as its z, y, x (a permutation)."""
+        order = tuple(int(a) for a in axes)
+        if sorted(order) != [0, 1, 2]:
+            raise ValueError(f"axes must be a permutation of 0, 1, 2, got {list(axes)}")
+        return dataclasses.replace(
+            self, offset=tuple(self.offset[a] for a in order), shape=tuple(self.shape[a] for a in order),
+            axes=tuple(self.axes[a] for a in order))  # type: ignore[arg-type]
 
-def prepare_input(volume: Any, in_channels: int, roi: Sequence[slice] | None = None) -> VolumeInput:
+    def _volume_shape(self) -> tuple[int, ...]:
+        return (1, *self.volume.shape[-2:]) if self.flat else tuple(self.volume.shape[-3:])
+
+    def _read_view(self, index: Sequence[slice]) -> np.ndarray:
+        """The view's region ``index`` (absolute, view order) as (C, z, y, x) in view order."""
+        spatial: list[slice] = [slice(None)] * 3
+        for axis, item in zip(self.axes, index):
+            spatial[axis] = item
+        data = read_normalized(self.volume, spatial[1:] if self.flat else spatial,
+                               has_channels=self.has_channels, flat=self.flat,
+                               mode=self.normalize, stats=self.stats, copy=False)
+        if self.axes == (0, 1, 2):
+            return data
+        return np.ascontiguousarray(data.transpose(0, *(1 + a for a in self.axes)))
+
+
+def prepare_input(volume: Any, in_channels: int, roi: Sequence[slice] | None = None,
+                  context: SectionContext = SectionContext()) -> VolumeInput:
     """Open ``volume`` and check it against the network: 3D (z, y, x) or 2D (y, x), with a
-    leading channel axis when ``in_channels`` > 1 (statistics are added later, once)."""
+    leading channel axis when ``in_channels`` (the image's channels) > 1; ``context`` adds each
+    section's neighbours as channels (statistics are added later, once)."""
     if isinstance(volume, (list, tuple)) and volume and hasattr(volume[0], "shape"):
         logger.info("multiscale data: predicting its full-resolution level")
         volume = volume[0]
@@ -60,7 +97,7 @@ def prepare_input(volume: Any, in_channels: int, roi: Sequence[slice] | None = N
     has_channels, flat = _layout(opened.shape, in_channels, opened.source)
     spatial = opened.shape[1:] if has_channels else opened.shape
     offset, size = _roi_box(roi, (1, *spatial) if flat else spatial)
-    return VolumeInput(opened, has_channels, flat, offset, size)
+    return VolumeInput(opened, has_channels, flat, offset, size, context=context)
 
 
 def _layout(shape: tuple[int, ...], in_channels: int, source: str) -> tuple[bool, bool]:

@@ -18,13 +18,13 @@ import numpy as np
 
 from ..config.schema import InferenceConfig
 
-__all__ = ["BLENDINGS", "DEVICES", "OUTPUT_DTYPES", "PADDING_MODES", "PredictOptions",
+__all__ = ["BLENDINGS", "DEVICES", "OUTPUT_DTYPES", "PADDING_MODES", "PRECISIONS", "PredictOptions",
            "PredictionResult", "default_window", "inference_default"]
 
 _SCHEMA = {f.name: f for f in dataclasses.fields(InferenceConfig)}
 # the options read from ``cfg.inference`` by PredictOptions.from_config (same names there)
-_FROM_CONFIG = ("overlap", "batch_size", "blending", "padding_mode", "tta", "device",
-                "output_dtype", "memory_limit_mb")
+_FROM_CONFIG = ("overlap", "batch_size", "blending", "padding_mode", "tta", "triplanar", "device",
+                "precision", "output_dtype", "memory_limit_mb")
 
 
 def inference_default(name: str) -> Any:
@@ -40,6 +40,7 @@ BLENDINGS = _choices("blending")
 PADDING_MODES = _choices("padding_mode")
 DEVICES = _choices("device")
 OUTPUT_DTYPES = _choices("output_dtype")
+PRECISIONS = _choices("precision")
 
 
 @dataclass
@@ -53,7 +54,9 @@ class PredictOptions:
     blending: str = inference_default("blending")
     padding_mode: str = inference_default("padding_mode")
     tta: bool = inference_default("tta")
+    triplanar: bool = inference_default("triplanar")  # 2D networks: xy, xz and yz planes averaged
     device: str = inference_default("device")
+    precision: str = inference_default("precision")  # of the forward pass on a GPU; see predictor.autocast_dtype
     output_dtype: str = inference_default("output_dtype")
     block_size: tuple[int, int, int] | None = None  # None: whole volume if it fits, else auto
     roi: tuple[slice, slice, slice] | None = None  # z, y, x region of the volume to predict
@@ -66,7 +69,7 @@ class PredictOptions:
             self.block_size = _positive_ints("block_size", self.block_size, (3,))  # type: ignore
         for name, cast in (("overlap", float), ("batch_size", int), ("memory_limit_mb", int)):
             _check_bounds(name, cast(getattr(self, name)))
-        for name in ("blending", "padding_mode", "device", "output_dtype"):
+        for name in ("blending", "padding_mode", "device", "precision", "output_dtype"):
             choices = _choices(name)
             if getattr(self, name) not in choices:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; "
@@ -76,6 +79,7 @@ class PredictOptions:
             raise ValueError("roi must be three slices (z, y, x), "
                              "e.g. (slice(0, 64), slice(None), slice(None))")
         self.overlap, self.batch_size = float(self.overlap), int(self.batch_size)
+        self.triplanar = bool(self.triplanar)
 
     @classmethod
     def from_config(cls, cfg: Any, **overrides: Any) -> PredictOptions:

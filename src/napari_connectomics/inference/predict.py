@@ -32,7 +32,10 @@ one piece anyway (whole volume, one slab), it is read once and its statistics ar
 that copy (the same sample of the same blocks, so the same numbers).
 
 Inputs are normalised with ``cfg.data.normalize`` and statistics of the whole input volume
-(measured once, on a sample for large volumes), as in training. Without test-time augmentation
+(measured once, on a sample for large volumes), as in training. A 2D network trained with 2.5D
+context (``data.context_sections``) gets each section's neighbours as channels, as in training
+(:mod:`napari_connectomics.data.sections`). ``PredictOptions.triplanar`` predicts the xy, xz and
+yz planes with a 2D network and averages them (:mod:`.triplanar`). Without test-time augmentation
 the blended *logits* go through the activation (exactly MONAI's result); with it, each window is
 predicted under flips (and in-plane rot90 for square windows) and the *probabilities* are
 averaged, window by window, before blending.
@@ -81,7 +84,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config.context import network_in_channels
 from ..data.normalize import intensity_stats
+from ..data.sections import SectionContext
 from ..data.volume_io import remove
 from ..data.volumes import Volume, parse_volume_path
 from ..progress import Progress, ProgressCallback, emit
@@ -91,6 +96,7 @@ from .input import VolumeInput, prepare_input, read_once, shape_text
 from .options import PredictionResult, PredictOptions, default_window
 from .predictor import WindowPredictor, activation_for, resolve_device, tta_transforms
 from .resume import Partial, ResumeLog, changed, digest, file_stamp, find_partials, model_digest
+from .triplanar import PLANES, check_triplanar, check_triplanar_run, offset_progress, to_volume_order
 from .stores import (
     OutputSpaceError,
     OutputSpec,
@@ -103,6 +109,7 @@ from .stores import (
     planned_bytes,
     size_text,
     stored_dtype,
+    to_storage,
 )
 from .windows import (
     Block,
@@ -157,6 +164,7 @@ class _Plan:
     scheduler: str
     slabs: bool = False  # blocks are z-slabs of the whole y-x plane, run by overlap-add
     needed: int = 0  # bytes of output still to write (before compression)
+    views: list[_Plan] = dataclasses.field(default_factory=list)  # tri-planar: the xz and yz planes
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -164,8 +172,9 @@ class _Plan:
 
     @property
     def units(self) -> int:
-        """Progress units: blocks, or window batches of the whole-volume path."""
-        return len(self.blocks) or math.ceil(self.job.grid.n_windows / self.options.batch_size)
+        """Progress units: blocks, or window batches of the whole-volume path (of every plane)."""
+        own = len(self.blocks) or math.ceil(self.job.grid.n_windows / self.options.batch_size)
+        return own + sum(view.units for view in self.views)
 
 
 def predict(
@@ -209,7 +218,7 @@ def predict(
         check_output(spec, overwrite)
     _check_resume(resume, spec)
     plan = _make_plan(checkpoint_or_model, volume, options, cfg, spec,
-                      _check_scheduler(scheduler, address, spec, checkpoint_or_model))
+                      _check_scheduler(scheduler, address, spec, checkpoint_or_model), resume)
     writer = _open_writer(plan, spec, overwrite, resume) if spec is not None else None
     result = PredictionResult(None, None, plan.shape[0], plan.job.activation, 0.0,
                               window=plan.job.grid.window, blocks=len(plan.blocks) or 1,
@@ -249,7 +258,7 @@ def predict(
 
 
 def _make_plan(checkpoint_or_model: Any, volume: Any, options: PredictOptions | None, cfg: Any,
-               spec: OutputSpec | None, scheduler: str) -> _Plan:
+               spec: OutputSpec | None, scheduler: str, resume: bool = False) -> _Plan:
     """Load, check and decide; cheap checks first, the intensity statistics last."""
     model, cfg, checkpoint = _load(checkpoint_or_model, cfg)
     options = options if options is not None else PredictOptions.from_config(cfg)
@@ -257,30 +266,37 @@ def _make_plan(checkpoint_or_model: Any, volume: Any, options: PredictOptions | 
         logger.info("%s is not a precomputed data type: the probabilities are stored as %s",
                     options.output_dtype, stored_dtype(spec, options.output_dtype))
         options = dataclasses.replace(options, output_dtype=stored_dtype(spec, options.output_dtype))
-    source = prepare_input(volume, int(cfg.model.in_channels), options.roi)
+    source = prepare_input(volume, int(cfg.model.in_channels), options.roi,
+                           SectionContext.from_config(cfg))
     if spec is not None:
         _refuse_input_as_output(source.volume, spec)
     spatial_dims = int(cfg.model.spatial_dims)
-    window = resolve_window(options.window, default_window(cfg), source.shape,
-                            spatial_dims=spatial_dims,
-                            size_multiple=int(getattr(model, "size_multiple", 1) or 1),
-                            fixed=getattr(model, "fixed_input_size", None))
+    if options.triplanar:
+        check_triplanar(spatial_dims, source, _voxel_size(source, cfg))
+        check_triplanar_run(scheduler, resume, source.shape, int(cfg.model.out_channels),
+                            options.memory_limit_mb)
+    window = _window(model, cfg, options, source.shape)
     device = resolve_device(options.device) if scheduler == "local" else torch.device("cpu")
     grid = make_grid(source.shape, window, options.overlap)
     activation = getattr(model, "output_activation", None) or activation_for(cfg)  # BioImage.IO: its own
     job = BlockJob(grid, options.batch_size, options.blending, options.padding_mode,
-                   activation, options.tta, spatial_dims, options.device)
-    blocks, slabs = _plan_blocks(grid, options, int(cfg.model.in_channels),
+                   activation, options.tta, spatial_dims, options.device, options.precision)
+    blocks, slabs = _plan_blocks(grid, options, network_in_channels(cfg),
                                  int(cfg.model.out_channels), scheduler,
-                                 prefetch=scheduler == "local" and engines.overlap_io(device))
-    if scheduler == "local" and (not blocks or len(blocks) == 1):
-        source = read_once(source, options.memory_limit_mb * _MB)
+                                 prefetch=scheduler == "local" and engines.overlap_io(device),
+                                 stream=scheduler == "local" and device.type == "cuda"
+                                 and spec is not None)
+    if scheduler == "local" and (options.triplanar or not blocks or len(blocks) == 1):
+        source = read_once(source, options.memory_limit_mb * _MB)  # tri-planar: read once, not thrice
     if cfg.data.normalize != "none":
         source = dataclasses.replace(source, normalize=cfg.data.normalize,
                                      stats=intensity_stats(source.volume))
     plan = _Plan(model, cfg, checkpoint, options, source, job, blocks, device, scheduler, slabs)
+    if options.triplanar:
+        plan.views = [_plane_plan(plan, axes) for name, axes in PLANES.items() if name != "xy"]
     logger.info("predicting %s with window %s, overlap %.2f%s: %s on %s", shape_text(source.shape),
-                shape_text(window), options.overlap, ", TTA" if options.tta else "",
+                shape_text(window), options.overlap,
+                ", TTA" * options.tta + ", tri-planar (xy, xz, yz averaged)" * options.triplanar,
                 (f"{len(blocks)} z-slabs" if slabs else f"{len(blocks)} blocks") if blocks
                 else "whole volume",
                 "dask" if scheduler == "dask" else device)
@@ -289,6 +305,35 @@ def _make_plan(checkpoint_or_model: Any, volume: Any, options: PredictOptions | 
         logger.warning("the %s result %s is held in memory; pass output='pred.zarr' to write "
                        "it block by block", options.output_dtype, shape_text(plan.shape))
     return plan
+
+
+def _window(model: torch.nn.Module, cfg: Any, options: PredictOptions,
+            shape: Sequence[int]) -> tuple[int, int, int]:
+    """The sliding window for an input region of spatial ``shape``."""
+    return resolve_window(options.window, default_window(cfg), shape,
+                          spatial_dims=int(cfg.model.spatial_dims),
+                          size_multiple=int(getattr(model, "size_multiple", 1) or 1),
+                          fixed=getattr(model, "fixed_input_size", None))
+
+
+def _plane_plan(plan: _Plan, axes: tuple[int, int, int]) -> _Plan:
+    """The plan of another plane (tri-planar): the same input transposed, its own window grid and
+    blocks, predicted in memory (see :func:`_run_planes`)."""
+    source = plan.source.transposed(axes)
+    grid = make_grid(source.shape, _window(plan.model, plan.cfg, plan.options, source.shape),
+                     plan.options.overlap)
+    blocks, slabs = _plan_blocks(grid, plan.options, network_in_channels(plan.cfg),
+                                 int(plan.cfg.model.out_channels), plan.scheduler)
+    return dataclasses.replace(plan, source=source, job=dataclasses.replace(plan.job, grid=grid),
+                               blocks=blocks, slabs=slabs, views=[])
+
+
+def _voxel_size(source: VolumeInput, cfg: Any) -> list[float]:
+    """z, y, x voxel size of the input: its file's (OME-Zarr), else the training config's."""
+    scale = source.volume.scale
+    if scale is not None and len(scale) >= 3 and not source.flat:
+        return [float(v) for v in scale[-3:]]
+    return [float(v) for v in cfg.data.voxel_size]
 
 
 def _check_resume(resume: bool, spec: OutputSpec | None) -> None:
@@ -402,9 +447,11 @@ def _fingerprint(plan: _Plan, spec: OutputSpec, chunks: Sequence[int]) -> dict[s
         "window": list(job.grid.window), "overlap": options.overlap,
         "blending": options.blending, "padding mode": options.padding_mode, "tta": options.tta,
         "batch size": options.batch_size, "activation": job.activation,
+        "precision": options.precision,
         "output dtype": options.output_dtype, "output array": spec.key,
         "output shape": list(plan.shape), "chunks": list(chunks),
         "blocks": [len(plan.blocks), plan.slabs, digest([b.core for b in plan.blocks])],
+        **({"triplanar": True} if options.triplanar else {}),
     }
 
 
@@ -466,14 +513,49 @@ def _run(plan: _Plan, writer: OutputWriter | None, address: str | None,
          progress: Sequence[ProgressCallback],
          stop_event: threading.Event | None) -> tuple[bool, np.ndarray | None]:
     """Run the planned engine; (cancelled, the in-memory result when there is no writer)."""
+    if plan.views:
+        return _run_planes(plan, writer, progress, stop_event)
     return run_engine(plan.model, plan.device, plan.job, plan.source, plan.blocks, plan.slabs,
                       plan.shape, plan.options.output_dtype, writer, progress, stop_event,
                       scheduler=plan.scheduler, checkpoint=plan.checkpoint, address=address)
 
 
+def _run_planes(plan: _Plan, writer: OutputWriter | None, progress: Sequence[ProgressCallback],
+                stop_event: threading.Event | None) -> tuple[bool, np.ndarray | None]:
+    """Tri-planar (see :mod:`.triplanar`): each plane predicted in memory as float32, put back in
+    the volume's axis order and summed; the mean is stored in the output dtype."""
+    summed: np.ndarray | None = None
+    before, planes = 0, [plan, *plan.views]
+    for name, view in zip(PLANES, planes):
+        own = view.units - sum(v.units for v in view.views)
+        report = offset_progress(progress, name, before, plan.units)
+        cancelled, part = run_engine(view.model, view.device, view.job, view.source, view.blocks,
+                                     view.slabs, view.shape, "float32", None, [report], stop_event)
+        if cancelled:
+            return True, None
+        assert part is not None
+        part = to_volume_order(part, view.source.axes)
+        if summed is None:
+            summed = np.ascontiguousarray(part)
+        else:
+            summed += part
+        before += own
+    assert summed is not None
+    summed /= np.float32(len(planes))
+    if writer is not None:
+        writer.write(plan.source.whole(), summed)
+        return False, None
+    return False, to_storage(summed, plan.options.output_dtype)
+
+
 def _plan_blocks(grid: WindowGrid, options: PredictOptions, in_channels: int, out_channels: int,
-                 scheduler: str, prefetch: bool = True) -> tuple[list[Block], bool]:
+                 scheduler: str, prefetch: bool = True,
+                 stream: bool = False) -> tuple[list[Block], bool]:
     """(blocks, are z-slabs): [] for MONAI's whole-volume inference (when it fits in memory).
+
+    With ``stream`` (a GPU writing to a store) a volume that fits still runs as z-slabs: the GPU
+    keeps the sums, the next slab is read and finished pieces are written while it computes, so
+    reading and writing hide behind the network instead of coming before and after it.
 
     In a single process, blocks become z-slabs of the same z-size spanning the whole y-x plane
     (overlap-add, each window computed once) when their y and x already cover the volume, or when
@@ -483,7 +565,11 @@ def _plan_blocks(grid: WindowGrid, options: PredictOptions, in_channels: int, ou
     limit = options.memory_limit_mb * _MB
     block_size = options.block_size
     if block_size is None:
-        if scheduler == "local" and whole_volume_bytes(grid, in_channels, out_channels) <= limit:
+        fits = whole_volume_bytes(grid, in_channels, out_channels) <= limit
+        if scheduler == "local" and fits and stream:
+            slabs = plan_blocks(grid, (_stream_thickness(grid), *grid.padded[1:]))
+            return slabs, len(slabs) > 0
+        if scheduler == "local" and fits:
             return [], False
         block_size = auto_block_size(grid, in_channels, out_channels, options.batch_size, limit)
         logger.info("volume %s is predicted in blocks of %s", shape_text(grid.shape),
@@ -501,6 +587,13 @@ def _plan_blocks(grid: WindowGrid, options: PredictOptions, in_channels: int, ou
                         shape_text(block_size), len(slabs), thickness)
         return slabs, len(slabs) > 0
     return blocks, False
+
+
+def _stream_thickness(grid: WindowGrid, slabs: int = 4) -> int:
+    """z-planes per slab when streaming: about a quarter of the volume (the first slab's read and
+    the last piece's write are what is not hidden), in whole scan steps."""
+    step = grid.starts[0][1] - grid.starts[0][0] if len(grid.starts[0]) > 1 else grid.window[0]
+    return max(1, math.ceil(grid.padded[0] / slabs / step)) * step
 
 
 def _load(checkpoint_or_model: Any, cfg: Any) -> tuple[torch.nn.Module, Any, Path | None]:

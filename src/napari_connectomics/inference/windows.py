@@ -443,6 +443,7 @@ def stitch_regions(
     cuts: tuple[Sequence[int], Sequence[int]] = ((), ()),
     prefetch: bool = True,
     first: int = 0,
+    device: torch.device | None = None,
 ) -> Iterator[Finished]:
     """Overlap-add over z-slabs (as :func:`stitch_slabs`) that hands out each finished piece of the
     output as soon as the last window touching it is predicted, not only at the end of a slab.
@@ -462,7 +463,13 @@ def stitch_regions(
     reach the planes after them are predicted again (their whole slabs, in the same batches), so
     every later piece sums the same windows in the same order as an uninterrupted run: the same
     values, bit for bit. ``Finished(slab, None)`` is yielded for the replayed slabs too.
+
+    With a ``device`` (a GPU), each slab's input goes there once, the windows are cut there and
+    ``predict_batch`` gets and returns tensors there; the sums and the means stay there too, so
+    only the input and the finished pieces cross the bus, not every window twice.
     """
+    on = device if device is not None else torch.device("cpu")
+    importance = importance.to(on)
     z_starts, depth = grid.starts[0], grid.window[0]
     plane = (grid.padded[1], grid.padded[2])
     finals = []
@@ -475,7 +482,7 @@ def stitch_regions(
     pieces = [piece for piece in pieces if piece[1][0] >= written]
     reads = [b for b in boxes[replay:] if b is not None]
     accumulated: torch.Tensor | None = None  # planes [base, base + len) of padded z
-    weights = torch.zeros((0, *plane), dtype=torch.float32)
+    weights = torch.zeros((0, *plane), dtype=torch.float32, device=on)
     base = next((b[0][0] for b in boxes[replay:] if b is not None), 0) if replay else 0
     processed, emitted = 0, 0
     with _Prefetcher(lambda box: read_padded(grid, box, read, padding_mode), reads,
@@ -488,15 +495,15 @@ def stitch_regions(
                 end = box[0][1]
                 size = max(end - base, weights.shape[0])
                 if size > weights.shape[0]:  # grow the buffers, keeping the carried tail in front
-                    grown = torch.zeros((size, *plane), dtype=torch.float32)
+                    grown = torch.zeros((size, *plane), dtype=torch.float32, device=on)
                     grown[:weights.shape[0]] = weights
                     weights = grown
                     if accumulated is not None:
                         grown = torch.zeros((accumulated.shape[0], size, *plane),
-                                            dtype=torch.float32)
+                                            dtype=torch.float32, device=on)
                         grown[:, :accumulated.shape[1]] = accumulated
                         accumulated = grown
-                image = inputs.next()
+                image = inputs.next().to(on)
                 starts = list(product(own, grid.starts[1], grid.starts[2]))
                 for first in range(0, len(starts), batch_size):
                     if check is not None:
@@ -512,7 +519,7 @@ def stitch_regions(
                             "predict")
                     if accumulated is None:
                         accumulated = torch.zeros((output.shape[1], size, *plane),
-                                                  dtype=torch.float32)
+                                                  dtype=torch.float32, device=on)
                     for (z, y, x), prediction in zip(batch_starts, output):
                         at = (slice(z - base, z - base + depth), slice(y, y + grid.window[1]),
                               slice(x, x + grid.window[2]))

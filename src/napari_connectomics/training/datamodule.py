@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..data.augment import build_augmentation
 from ..data.checks import check_finite, check_patch_fits, label_range
 from ..data.dataset import PatchDataset, ValidationPatches, VolumePair, split_z
+from ..data.sections import SectionContext
 from ..data.splits import split_sparse
 from ..data.volumes import open_volume
 from ..registry import TARGETS
@@ -193,7 +194,8 @@ class VolumeDataModule(L.LightningDataModule):
         train_pairs, val_pairs = self._pairs()
         self._check_volumes(train_pairs + val_pairs)
         common = dict(spatial_dims=cfg.model.spatial_dims, label_mode=d.label_mode, target=d.target,
-                      normalize=d.normalize, in_channels=cfg.model.in_channels)
+                      normalize=d.normalize, in_channels=cfg.model.in_channels,
+                      context=SectionContext.from_config(cfg))
         augment = build_augmentation(d.augmentation, cfg.model.spatial_dims, list(d.voxel_size))
         self.train_set = PatchDataset(train_pairs, list(d.patch_size), foreground_sampling=d.foreground_sampling,
                                       foreground_ratio=d.foreground_ratio, samples_per_epoch=d.samples_per_epoch,

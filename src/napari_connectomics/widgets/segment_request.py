@@ -327,6 +327,7 @@ class CheckpointInfo:
     window: tuple[int, int, int]  # default z, y, x window (a 2D network: 1, y, x)
     package: str = ""  # a BioImage.IO model's name ("" for a checkpoint)
     axes: str = ""  # a BioImage.IO model's input axes, e.g. "batch,channel,y,x"
+    context_sections: int = 0  # 2.5D input: neighbouring sections on each side
 
     @property
     def channel_layout(self) -> str:
@@ -341,7 +342,8 @@ class CheckpointInfo:
             return (f"BioImage.IO model '{self.package}': {self.architecture}, "
                     f"{self.spatial_dims}D{axes}, {self.in_channels} -> {self.out_channels} "
                     f"channel{plural}, target {self.target}, window {window}")
-        return (f"{self.architecture}, {self.spatial_dims}D, target {self.target} "
+        context = f" + {self.context_sections} sections each side" if self.context_sections else ""
+        return (f"{self.architecture}, {self.spatial_dims}D{context}, target {self.target} "
                 f"({self.out_channels} channel{'s' if self.out_channels != 1 else ''}), "
                 f"window {window}")
 
@@ -356,7 +358,8 @@ def checkpoint_info(cfg: Any, path: str | os.PathLike = "") -> CheckpointInfo:
         window = [1, *window]
     return CheckpointInfo(str(path), str(cfg.model.architecture), spatial_dims,
                           int(cfg.model.in_channels), int(cfg.model.out_channels),
-                          str(cfg.data.target), tuple(window))  # type: ignore[arg-type]
+                          str(cfg.data.target), tuple(window),  # type: ignore[arg-type]
+                          context_sections=int(cfg.data.context_sections))
 
 
 def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
@@ -516,6 +519,7 @@ class SegmentRequest:
     overlap: float = inference_default("overlap")
     batch_size: int = inference_default("batch_size")
     tta: bool = inference_default("tta")
+    triplanar: bool = inference_default("triplanar")
     device: str = inference_default("device")
     lazy_input: bool = False
     store_folder: Path | None = None  # None: a temporary folder
@@ -672,7 +676,8 @@ def _predict(request: SegmentRequest, model: Any, cfg: Any, store: Path | None, 
 
     options = engine.PredictOptions.from_config(
         cfg, window=request.window, overlap=request.overlap, batch_size=request.batch_size,
-        tta=request.tta, device=request.device, roi=request.region.roi_zyx(),
+        tta=request.tta, triplanar=request.triplanar, device=request.device,
+        roi=request.region.roi_zyx(),
         output_dtype=None if store is not None else "float32",
         memory_limit_mb=request.memory_limit_mb)
     return engine.predict(model, request.data, options, progress=[report], stop_event=stop_event,

@@ -108,7 +108,7 @@ def measure_step(cfg: Any, timed_steps: int = TIMED_STEPS, budget: float = PROBE
     """
     import torch
 
-    from ..config import effective_input_size
+    from ..config import effective_input_size, network_in_channels
     from ..models.architectures.registry import get_architecture_spec
     from ..models.build import build_model
     from ..models.losses import build_loss
@@ -126,7 +126,7 @@ def measure_step(cfg: Any, timed_steps: int = TIMED_STEPS, budget: float = PROBE
     criterion = build_loss(cfg).to(device)
     optimizer = build_optimizer(cfg, model.parameters())
     generator = torch.Generator().manual_seed(0)
-    image = torch.randn(batch, int(cfg.model.in_channels), *patch, generator=generator).to(device)
+    image = torch.randn(batch, network_in_channels(cfg), *patch, generator=generator).to(device)
     label = torch.randint(0, max(2, int(cfg.model.out_channels)), (batch, 1, *patch), generator=generator).to(device)
     mixed = device.type == "cuda" and str(cfg.training.precision) in ("16-mixed", "bf16-mixed")
     dtype = torch.bfloat16 if str(cfg.training.precision).startswith("bf16") else torch.float16

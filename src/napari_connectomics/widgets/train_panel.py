@@ -115,6 +115,7 @@ KNOBS: dict[str, tuple[str, str, str]] = {
     "lr": ("optimizer", "lr", "learning rate"),
     "device": ("system", "accelerator", "device"),
     "voxel_size": ("data", "voxel_size", "voxel size"),
+    "context_sections": ("data", "context_sections", "context sections"),
 }
 # While training runs, Python hands the GIL to a waiting thread after this long instead of 5 ms:
 # the GUI thread re-acquires the GIL after every OpenGL/Qt call that released it, and with a
@@ -266,9 +267,9 @@ class TrainPanel(QWidget):
     ``image_path``/``labels_path`` in files mode), ``source``, ``label_mode``, ``legend``,
     ``validation``, ``val_fraction``, ``val_labels``, ``start``, ``checkpoint``, ``task``,
     ``patch_size``, ``batch_size``, ``steps``, ``lr``, ``device``, ``voxel_size``,
-    ``preview_every``, ``output_dir`` (magicgui widgets: set ``.value``), the buttons
-    ``train_button``, ``stop_button``, ``continue_button``, and ``loss_plot``, ``status``,
-    ``job`` (the running BackgroundJob or None), ``last_result`` (the TrainResult of the last run),
+    ``context_sections``, ``preview_every``, ``output_dir`` (magicgui widgets: set ``.value``),
+    the buttons ``train_button``, ``stop_button``, ``continue_button``, and ``loss_plot``,
+    ``status``, ``job`` (the running BackgroundJob or None), ``last_result`` (the TrainResult of the last run),
     ``step_time`` (the StepTime of the current choices, measured in the worker) and ``slow_warning``
     (the line shown when the first preview is over a minute away).
     """
@@ -444,6 +445,9 @@ class TrainPanel(QWidget):
                                        tooltip="auto: the GPU when there is one, else the CPU")
         self.voxel_size = _knob("voxel_size", cfg)
         self.voxel_size.tooltip = "z, y, x voxel size; taken from the image layer's scale"
+        self.context_sections = _knob("context_sections", cfg)
+        self.context_sections.tooltip = (f"2D networks: {self.context_sections.tooltip}; the step between "
+                                         "them follows the voxel size")
         self.preview_every = widgets.SpinBox(value=PREVIEW_SECONDS, min=0, max=3600,
                                              tooltip="every this many seconds, and when you move to another "
                                                      "section, predict the viewed section into '<image> preview' "
@@ -455,7 +459,8 @@ class TrainPanel(QWidget):
         self.output_dir.tooltip = "runs are written to <folder>/<run name>/<date-time>/"
         for label, widget in (("task", self.task), ("patch size", self.patch_size), ("batch", self.batch_size),
                               ("steps", self.steps), ("learning rate", self.lr), ("device", self.device),
-                              ("voxel size", self.voxel_size), ("preview every (s)", self.preview_every),
+                              ("voxel size", self.voxel_size), ("context sections", self.context_sections),
+                              ("preview every (s)", self.preview_every),
                               ("output folder", self.output_dir)):
             form.addRow(label, widget.native)
         return box

@@ -11,12 +11,14 @@ validating a config (in the napari widgets, at start-up) never pays for the heav
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...config.context import network_in_channels
 from ...config.errors import ConfigError, format_choices
 from ...config.validation import effective_input_size
 from ...registry import ARCHITECTURES
@@ -37,7 +39,9 @@ __all__ = [
 Builder = Callable[[Any], Any]
 Check = Callable[[Any], None]
 
-# Read by every builder: what the data decides rather than the network.
+# Read by every builder: what the data decides rather than the network. A builder reads
+# model.in_channels as the network's input channels: build() hands it network_in_channels(cfg)
+# there (the image's channels times the sections of a 2.5D input).
 COMMON_FIELDS: tuple[str, ...] = ("spatial_dims", "in_channels", "out_channels")
 
 
@@ -189,8 +193,11 @@ class ArchitectureSpec:
 
     # -- building ----------------------------------------------------------------------------
     def build(self, cfg: Any) -> Any:
-        """``builder(cfg)`` with the spec's facts stamped on the model, so no builder restates them."""
-        model = self.builder(cfg)
+        """``builder(cfg)`` with the spec's facts stamped on the model, so no builder restates them.
+
+        Under 2.5D input (``data.context_sections``) the builder gets a copy of ``cfg`` whose
+        ``model.in_channels`` is the network's, so every builder (a plugin's too) builds for it."""
+        model = self.builder(_network_config(cfg))
         model.architecture = self.name
         model.spatial_dims = int(cfg.model.spatial_dims)
         model.supports_deep_supervision = bool(cfg.model.deep_supervision and self.deep_supervision)
@@ -198,6 +205,16 @@ class ArchitectureSpec:
         model.size_multiple = self.size_multiple_for(cfg.model)
         model.fixed_input_size = effective_input_size(cfg) if self.fixed_input_size else None
         return model
+
+
+def _network_config(cfg: Any) -> Any:
+    """``cfg``, or a copy with ``model.in_channels`` the network's channels when they differ."""
+    channels = network_in_channels(cfg)
+    if channels == int(cfg.model.in_channels):
+        return cfg
+    network = copy.deepcopy(cfg)
+    network.model.in_channels = channels
+    return network
 
 
 @dataclass(frozen=True)
