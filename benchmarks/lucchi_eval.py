@@ -5,6 +5,11 @@ sliding windows, with and without test-time augmentation, then scores thresholde
 post-processings against the expert labels.
 
     python benchmarks/lucchi_eval.py --checkpoint runs/lucchi_cpu/<stamp>/checkpoints/<best>.ckpt
+
+``--planes xy,triplanar`` compares single-plane with tri-planar prediction (xy, xz and yz averaged);
+``--margin N`` predicts N more slices before the held-out ones (training slices, as input only: a
+33-slice slab is too thin for xz and yz windows) and scores the held-out slices alone; ``--no-tta``
+skips the TTA passes.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", default="../shared/data/lucchi/lucchi_train.h5:image")
     parser.add_argument("--label", default="../shared/data/lucchi/lucchi_train.h5:label")
     parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--planes", default="xy", help="comma-separated: xy, triplanar")
+    parser.add_argument("--margin", type=int, default=0, help="slices predicted before the held-out ones")
+    parser.add_argument("--no-tta", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
 
@@ -40,18 +48,21 @@ def main(argv: list[str] | None = None) -> int:
     image, label = open_volume(args.image), open_volume(args.label)
     n_z = image.shape[0]
     z0 = n_z - int(round(n_z * cfg.data.val_fraction))
-    roi = (slice(z0, n_z), slice(None), slice(None))
+    start_z = max(0, z0 - args.margin)
+    roi = (slice(start_z, n_z), slice(None), slice(None))
     truth = label[z0:n_z]
-    print(f"checkpoint {args.checkpoint}\nheld-out slices {z0}-{n_z - 1} of {image.shape}, overlap {args.overlap}\n")
+    print(f"checkpoint {args.checkpoint}\nheld-out slices {z0}-{n_z - 1} of {image.shape} (predicted from "
+          f"slice {start_z}), overlap {args.overlap}\n")
     print("| prediction | post-processing | foreground IoU | seconds |")
     print("| --- | --- | ---: | ---: |")
-    for tta in (False, True):
+    runs = [(planes, tta) for planes in args.planes.split(",") for tta in ((False,) if args.no_tta else (False, True))]
+    for planes, tta in runs:
         start = time.perf_counter()
-        result = predict(args.checkpoint, args.image, PredictOptions(overlap=args.overlap, tta=tta, roi=roi,
-                                                                     output_dtype="float32"))
+        result = predict(args.checkpoint, args.image, PredictOptions(
+            overlap=args.overlap, tta=tta, roi=roi, output_dtype="float32", triplanar=planes == "triplanar"))
         seconds = time.perf_counter() - start
-        probabilities = np.asarray(result.probabilities, dtype=np.float32)
-        name = "sliding window + TTA (8 passes)" if tta else "sliding window"
+        probabilities = np.asarray(result.probabilities, dtype=np.float32)[:, z0 - start_z:]
+        name = ("tri-planar" if planes == "triplanar" else "sliding window") + (" + TTA (8 passes)" if tta else "")
         variants = {
             "threshold 0.5": postprocess(probabilities, "none", threshold=0.5),
             "threshold 0.5, objects >= 200 voxels": postprocess(probabilities, "cc", threshold=0.5, min_size=200),
