@@ -9,10 +9,11 @@ import lightning as L
 import pytest
 import torch
 
-from napari_connectomics.config import ConfigError, load_config
+from napari_connectomics.config import ConfigError
 from napari_connectomics.data.synthetic import make_synthetic_em
 from napari_connectomics.models import build_model
 from napari_connectomics.training import TrainingData, load_checkpoint, train
+from test_training import small_2d
 from napari_connectomics.training.checkpoint import model_state_dict
 from napari_connectomics.training.trainer import init_from_pretrained
 
@@ -20,11 +21,9 @@ FIRST_CONV = "model.model.0.conv.unit0.conv.weight"
 
 
 def tiny_2d(tmp_path: Path, *extra: str):
-    return load_config(overrides=[
-        "model.architecture=monai_unet", "model.spatial_dims=2", "model.filters=[4,8,16]", "model.num_res_units=1",
-        "data.patch_size=[32,32]", "data.batch_size=2", "data.samples_per_epoch=4", "training.val_patches=2",
-        "training.max_steps=3", "training.log_every_n_steps=1", f"training.output_dir={tmp_path / 'runs'}",
-        "system.torch_threads=2", *extra])
+    """test_training's small 2D config, smaller still."""
+    return small_2d(tmp_path, "model.filters=[4,8,16]", "data.patch_size=[32,32]", "data.batch_size=2",
+                    "data.samples_per_epoch=4", "training.val_patches=2", "training.max_steps=3", *extra)
 
 
 @pytest.fixture(scope="module")

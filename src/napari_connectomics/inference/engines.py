@@ -68,10 +68,6 @@ class _FromDevice:
         self.copied = torch.cuda.Event()
         self.copied.record()
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.host.shape)
-
     def numpy(self) -> np.ndarray:
         self.copied.synchronize()
         return self.host.numpy()
