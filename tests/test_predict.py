@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
 import threading
 from pathlib import Path
 
@@ -489,8 +490,10 @@ def test_dask_local_cluster_matches_single_process(tmp_path, checkpoint3d, volum
     options = f32(block_size=(8, 32, 32), device="auto")
     single = predict(checkpoint3d, volume, options, output=tmp_path / "single.zarr")
     seen = []
+    children_before = set(multiprocessing.active_children())
     distributed = predict(checkpoint3d, volume, options, [seen.append],
                           output=tmp_path / "dask.zarr", scheduler="dask")
+    assert set(multiprocessing.active_children()) <= children_before  # the cluster's workers are gone
     assert distributed.device == "dask" and distributed.blocks == 27
     assert max_diff(distributed.probabilities[...], single.probabilities[...]) <= TOLERANCE
     assert sorted(p.done for p in seen if p.stage == "predict") == list(range(1, 28))

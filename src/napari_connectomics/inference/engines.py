@@ -408,6 +408,8 @@ def _predict_dask(checkpoint: Path, job: BlockJob, source: VolumeInput, blocks: 
         return False
     finally:
         client.close()
+        if cluster is not None:  # ours: its worker processes go with it
+            cluster.close()
 
 
 def run_engine(model: torch.nn.Module, device: torch.device, job: BlockJob, source: VolumeInput,

@@ -48,6 +48,8 @@ from typing import Any
 
 import torch
 
+from ..bioimageio_files import is_description_name
+
 __all__ = [
     "ARCHITECTURE_FILE",
     "BioimageioError",
@@ -61,7 +63,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DESCRIPTION_NAMES = ("rdf.yaml", "bioimageio.yaml")
 ARCHITECTURE_FILE = "napari_connectomics_network.py"
 ARCHITECTURE_CALLABLE = "build_network"
 CONFIG_FILE = "config.yaml"
@@ -105,29 +106,24 @@ def is_bioimageio_source(path: str | os.PathLike) -> bool:
     (``*.bioimageio.yaml``) at its top, such a YAML file, or a folder holding one. Cheap: no
     bioimageio import; a torch checkpoint (also a zip inside) is never one."""
     path = Path(path)
-    if _is_description_name(path.name):
+    if is_description_name(path.name):
         return True
     if path.is_dir():
-        return any(_is_description_name(p.name) for p in path.iterdir() if p.is_file())
+        return any(is_description_name(p.name) for p in path.iterdir() if p.is_file())
     if path.suffix.lower() != ".zip" or not path.is_file():
         return False
     try:
         with zipfile.ZipFile(path) as archive:
-            return any(_is_description_name(n) for n in archive.namelist() if "/" not in n)
+            return any(is_description_name(n) for n in archive.namelist() if "/" not in n)
     except (zipfile.BadZipFile, OSError):
         return False
-
-
-def _is_description_name(name: str) -> bool:
-    name = name.lower()
-    return name in DESCRIPTION_NAMES or name.endswith(".bioimageio.yaml")
 
 
 def _description_path(path: Path) -> Path:
     """The file bioimageio reads: the zip or YAML itself, or the YAML inside a folder."""
     if path.is_dir():
         for candidate in sorted(path.iterdir()):
-            if candidate.is_file() and _is_description_name(candidate.name):
+            if candidate.is_file() and is_description_name(candidate.name):
                 return candidate
     return path
 

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ..bioimageio_files import is_description_name
 from ..inference.options import inference_default
 from ..progress import Progress
 from ..registry import POSTPROCESSORS, TARGETS
@@ -95,7 +96,6 @@ RECENT_LIMIT = 20
 # the rdf.yaml / bioimageio.yaml of an unpacked one; its folder can be typed in the field).
 CHECKPOINT_FILTER = ("Checkpoints and BioImage.IO models (*.ckpt *.zip *.yaml *.yml);;"
                      "Checkpoints (*.ckpt);;BioImage.IO models (*.zip *.yaml *.yml);;All files (*)")
-ZOO_DESCRIPTIONS = ("rdf.yaml", "bioimageio.yaml")  # as models.bioimageio (which imports torch)
 
 _MB = 2**20
 
@@ -226,17 +226,12 @@ def output_names(image_name: str) -> tuple[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _is_zoo_description(name: str) -> bool:
-    name = name.lower()
-    return name in ZOO_DESCRIPTIONS or name.endswith(".bioimageio.yaml")
-
-
 def is_model_folder(path: str | os.PathLike) -> bool:
     """Whether ``path`` is an unpacked BioImage.IO model: a folder holding its ``rdf.yaml`` (or
     ``bioimageio.yaml``). Cheap and torch-free, for the GUI thread."""
     path = Path(path)
     try:
-        return path.is_dir() and any(p.is_file() and _is_zoo_description(p.name)
+        return path.is_dir() and any(p.is_file() and is_description_name(p.name)
                                      for p in path.iterdir())
     except OSError:
         return False
@@ -257,7 +252,7 @@ def check_checkpoint_path(text: str | os.PathLike | None) -> Path:
                         "checkpoints/last.ckpt, or a folder holding a BioImage.IO model's rdf.yaml")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pick another file or a recent run")
-    if path.suffix.lower() in (".yaml", ".yml") and not _is_zoo_description(path.name):
+    if path.suffix.lower() in (".yaml", ".yml") and not is_description_name(path.name):
         raise UserError(f"{path.name} is not a BioImage.IO model description (rdf.yaml, "
                         "bioimageio.yaml or *.bioimageio.yaml); pick a .ckpt file, a model's .zip "
                         "or its rdf.yaml")
@@ -424,12 +419,12 @@ def _package_description(path: Path) -> dict[str, Any]:
 
     try:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and _is_zoo_description(p.name))
+            found = sorted(p for p in path.iterdir() if p.is_file() and is_description_name(p.name))
             text = found[0].read_bytes()
         elif path.suffix.lower() == ".zip":
             with zipfile.ZipFile(path) as archive:
                 member = next(n for n in sorted(archive.namelist())
-                              if "/" not in n and _is_zoo_description(n))
+                              if "/" not in n and is_description_name(n))
                 text = archive.read(member)
         else:
             text = path.read_bytes()
@@ -471,7 +466,7 @@ def _load_model(path: Path) -> tuple[Any, Any]:
     it); the last one is kept, so re-segmenting skips the load."""
     from ..models.checkpoint import load_model_from_checkpoint
 
-    described = [p for p in sorted(path.iterdir()) if p.is_file() and _is_zoo_description(p.name)] \
+    described = [p for p in sorted(path.iterdir()) if p.is_file() and is_description_name(p.name)] \
         if path.is_dir() else []
     stat = (described[0] if described else path).stat()  # an unpacked model: its rdf.yaml's
     key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
