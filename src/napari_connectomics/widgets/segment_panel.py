@@ -34,7 +34,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 from ..progress import Progress
 from ..registry import POSTPROCESSORS
 from .background import BackgroundJob
-from .compat import viewer_camera
+from .compat import adding_unselected, viewer_camera
 from .dock_watch import watch_dock
 from .forms import ConfigForm
 from .live_feedback import PREVIEW_MARK
@@ -767,8 +767,9 @@ class SegmentPanel(QWidget):
         if layer is not None:
             self.viewer.layers.remove(layer)
         add = self.viewer.add_image if kind is Image else self.viewer.add_labels
-        return add(data, name=name, scale=prediction.scale, translate=prediction.translate,
-                   metadata={OUTPUT_KEY: marker}, **style)
+        with adding_unselected(self.viewer):  # the user's active layer (e.g. the one painted) stays active
+            return add(data, name=name, scale=prediction.scale, translate=prediction.translate,
+                       metadata={OUTPUT_KEY: marker}, **style)
 
     def _own_layer(self, kind: type, role: str, source: str, name: str) -> Any:
         candidates = [layer for layer in self.viewer.layers if isinstance(layer, kind)

@@ -54,7 +54,7 @@ from qtpy.QtWidgets import (
 from ..progress import Progress
 from .background import BackgroundJob
 from .class_legend import ClassLegend
-from .compat import viewer_camera
+from .compat import adding_unselected, viewer_camera
 from .defaults import fit_patch
 from .dock_watch import watch_dock
 from .forms import knob_value, knob_widget
@@ -1099,12 +1099,10 @@ class TrainPanel(QWidget):
                 layer.translate = translate
             layer.data = data
             return
-        active = self.viewer.layers.selection.active
-        selected = set(self.viewer.layers.selection)
-        self.viewer.add_image(data, name=name, scale=scale, translate=translate, blending="additive",
-                              contrast_limits=(0.0, 1.0), metadata={PREVIEW_MARK: "training preview"}, **style)
-        self.viewer.layers.selection.update(selected) if selected else None
-        self.viewer.layers.selection.active = active
+        with adding_unselected(self.viewer):
+            self.viewer.add_image(data, name=name, scale=scale, translate=translate, blending="additive",
+                                  contrast_limits=(0.0, 1.0), metadata={PREVIEW_MARK: "training preview"},
+                                  **style)
 
     def _on_done(self, outcome: Any) -> None:
         prepared, result = outcome
