@@ -5,9 +5,11 @@ viewer, so picking a model here and training in a separately docked Train panel 
 
 Opening the dock must not freeze the viewer: importing the panels (omegaconf, magicgui forms) and
 building them took ~0.45 s on napari's GUI thread. The dock appears at once with empty tabs; a
-background thread imports the panel modules and reads the device preset (Python switches threads
-every few milliseconds, so the viewer keeps drawing), then each panel is built in its own pass of
-the event loop. Asking for a panel (``dock.train_panel``) before then builds it on the spot.
+background thread imports the panel modules and creates the viewer's session from the device
+preset (Python switches threads every few milliseconds, so the viewer keeps drawing), then each
+panel is built in its own pass of the event loop, and puts off what it can (checking the config,
+the step-time request) to a pass of its own. Asking for a panel (``dock.train_panel``) before then
+builds it on the spot.
 """
 
 from __future__ import annotations
@@ -40,13 +42,14 @@ PANELS = (("Model", ".model_panel", "ModelPanel"),
 POLL_MS = 10
 
 
-def _prepare() -> None:
-    """Import the panels and load the device preset: the slow, GUI-free part of opening the dock."""
+def _prepare(viewer: Any) -> None:
+    """Import the panels and create the viewer's session (a copy of the device preset): the slow,
+    GUI-free part of opening the dock."""
     for _, module, _ in PANELS:
         importlib.import_module(module, __package__)
-    from .defaults import default_config
+    from .session import session_for
 
-    default_config()
+    session_for(viewer)
 
 
 def _release_gc(*_: Any) -> None:
@@ -69,6 +72,7 @@ class ConnectomicsWidget(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)
         self._prepared = threading.Event()
+        self._resting = False
         threading.Thread(target=self._prepare_in_background, name="connectomics-dock", daemon=True).start()
         self._timer = QTimer(self)
         self._timer.setInterval(POLL_MS)
@@ -100,19 +104,24 @@ class ConnectomicsWidget(QWidget):
 
     def _prepare_in_background(self) -> None:
         try:
-            _prepare()
+            _prepare(self.viewer)
         except Exception:  # building on the GUI thread raises it again, where it can be shown
             logger.debug("preparing the dock in the background failed", exc_info=True)
         finally:
             self._prepared.set()
 
     def _build_next(self) -> None:
-        """One panel per pass of the event loop, once the imports are done."""
+        """One panel per pass of the event loop, once the imports are done, with a pass between two
+        panels for the work a new panel puts off (its timers of 0 ms)."""
         if not self._prepared.is_set():
+            return
+        if self._resting:
+            self._resting = False
             return
         missing = [title for title, _, _ in PANELS if title not in self._panels]
         if missing:
             self._panel(missing[0])
+            self._resting = True
         if self.ready:
             self._timer.stop()
             gc_freeze.refreeze()  # the panels are long-lived too

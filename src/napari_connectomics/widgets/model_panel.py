@@ -119,9 +119,15 @@ class ModelPanel(QWidget):
         self._count_timer.setInterval(self.DEBOUNCE_MS)
         self._count_timer.timeout.connect(self._start_count)
 
+        # the first check of the draft (validation, copies: ~30 ms) comes in a pass of the event loop
+        # of its own, after the one that builds the panel (see dock.py)
+        self._first_check = QTimer(self)
+        self._first_check.setSingleShot(True)
+        self._first_check.timeout.connect(lambda: self._revalidate(publish=False))
+
         self._build_ui()
         self._show_draft()
-        self._revalidate(publish=False)
+        self._first_check.start(0)
 
         self.session.events.config.connect(self._on_session_config)
         self.session.events.training.connect(self._on_training_changed)
@@ -239,7 +245,7 @@ class ModelPanel(QWidget):
     @property
     def counting(self) -> bool:
         """True while the parameter count shown is being (re)computed."""
-        return self._wanted is not None
+        return self._wanted is not None or self._first_check.isActive()
 
     @property
     def probing(self) -> bool:
@@ -301,6 +307,7 @@ class ModelPanel(QWidget):
 
     def _revalidate(self, publish: bool) -> None:
         """Check the draft; a valid one goes to the session (when ``publish``) and gets counted."""
+        self._first_check.stop()
         try:
             candidate = checked_config(self._draft)
         except (ConfigError, ValueError) as err:

@@ -8,6 +8,7 @@ is the one the Segment panel offers first. Panels connect to ``session.events.<f
 
 from __future__ import annotations
 
+import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,7 @@ class SessionState:
 _SESSIONS: "weakref.WeakKeyDictionary[Any, SessionState]" = weakref.WeakKeyDictionary()
 _NO_VIEWER = object()
 _UNBOUND: dict[int, SessionState] = {}
+_CREATING = threading.Lock()  # the dock creates a viewer's session in a background thread
 
 
 def session_for(viewer: Any | None) -> SessionState:
@@ -84,5 +86,8 @@ def session_for(viewer: Any | None) -> SessionState:
             store, key = _UNBOUND, id(viewer)
     session = store.get(key)
     if session is None:  # look before creating: a new session loads the device preset
-        session = store[key] = SessionState()
+        with _CREATING:
+            session = store.get(key)
+            if session is None:
+                session = store[key] = SessionState()
     return session

@@ -304,6 +304,11 @@ class TrainPanel(QWidget):
         self._probe_timer.setSingleShot(True)
         self._probe_timer.setInterval(PROBE_DEBOUNCE_MS)
         self._probe_timer.timeout.connect(self._start_probe)
+        # the first step-time request (~25 ms of config copying) comes in a pass of the event loop of
+        # its own, after the one that builds the panel (see dock.py)
+        self._first_probe = QTimer(self)
+        self._first_probe.setSingleShot(True)
+        self._first_probe.timeout.connect(self._request_probe)
         self.worker_pid: int | None = None  # the process the last run trained in (from the worker)
         self.worker_annotated: int | None = None  # annotated voxels the worker holds for the run
         self.worker_labels_applied = 0  # repainted labels the running training has swapped in
@@ -332,7 +337,7 @@ class TrainPanel(QWidget):
         self._connect_viewer()
         self._refresh_layers()
         self._update_buttons()
-        self._request_probe()
+        self._first_probe.start(0)
 
     # --- layout ----------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -698,6 +703,7 @@ class TrainPanel(QWidget):
 
     def _request_probe(self, *_: Any) -> None:
         """Show the step time of the current choices: at once if measured, else after the debounce."""
+        self._first_probe.stop()
         cfg = self._probe_config()
         if cfg is None:
             return
@@ -714,7 +720,8 @@ class TrainPanel(QWidget):
     @property
     def probing(self) -> bool:
         """True while a training step of the panel's choices waits to be timed or is being timed."""
-        return self._probe_queued is not None or (self._probe_job is not None and self._probe_job.running)
+        return (self._first_probe.isActive() or self._probe_queued is not None
+                or (self._probe_job is not None and self._probe_job.running))
 
     def _start_probe(self) -> None:
         """Measure the queued choices; never during a run (it would time the run's share of the CPU)."""
