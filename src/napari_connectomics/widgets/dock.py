@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,9 @@ PANELS = (("Model", ".model_panel", "ModelPanel"),
           ("Train", ".train_panel", "TrainPanel"),
           ("Segment", ".segment_panel", "SegmentPanel"))
 POLL_MS = 10
+# While the panels are imported in the background, the GUI thread gets the GIL back after this long
+# instead of Python's 5 ms: each Qt call that released it would otherwise wait up to 5 ms.
+PREPARE_SWITCH_INTERVAL = 0.001
 
 
 def _prepare(viewer: Any) -> None:
@@ -73,7 +77,8 @@ class ConnectomicsWidget(QWidget):
         layout.addWidget(self.tabs)
         self._prepared = threading.Event()
         self._resting = False
-        threading.Thread(target=self._prepare_in_background, name="connectomics-dock", daemon=True).start()
+        # started once napari has added and shown the dock: its imports would slow that down (GIL)
+        QTimer.singleShot(0, self._start_preparing)
         self._timer = QTimer(self)
         self._timer.setInterval(POLL_MS)
         self._timer.timeout.connect(self._build_next)
@@ -102,12 +107,19 @@ class ConnectomicsWidget(QWidget):
         """Whether every panel is built."""
         return len(self._panels) == len(PANELS)
 
+    def _start_preparing(self) -> None:
+        threading.Thread(target=self._prepare_in_background, name="connectomics-dock", daemon=True).start()
+
     def _prepare_in_background(self) -> None:
+        saved = sys.getswitchinterval()
+        sys.setswitchinterval(min(saved, PREPARE_SWITCH_INTERVAL))
         try:
             _prepare(self.viewer)
         except Exception:  # building on the GUI thread raises it again, where it can be shown
             logger.debug("preparing the dock in the background failed", exc_info=True)
         finally:
+            if sys.getswitchinterval() == min(saved, PREPARE_SWITCH_INTERVAL):  # nobody changed it since
+                sys.setswitchinterval(saved)
             self._prepared.set()
 
     def _build_next(self) -> None:

@@ -151,7 +151,7 @@ def measure_step(cfg: Any, timed_steps: int = TIMED_STEPS, budget: float = PROBE
         timed = timed_steps if warm_up < SLOW_STEP_SECONDS else 1  # a slow network: one step says enough
         seconds = min(step() for _ in range(timed))  # the fastest: the least disturbed by other work
     finally:
-        del model, optimizer, image, label
+        model = optimizer = image = label = None  # the network and its batch go before the cache is emptied
         if device.type == "cuda":
             torch.cuda.empty_cache()
     logger.info("a training step of %s takes %.3f s on %s", cfg.model.architecture, seconds, name)
