@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 
-from ..bioimageio_files import is_description_name
+from .bioimageio_files import is_description_name
 
 __all__ = [
     "ARCHITECTURE_FILE",

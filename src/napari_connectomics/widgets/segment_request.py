@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bioimageio_files import is_description_name
+from ..models.bioimageio_files import is_description_name
 from ..inference.options import inference_default
 from ..progress import Progress
 from ..registry import POSTPROCESSORS, TARGETS

@@ -1,6 +1,6 @@
 """The file names of a BioImage.IO model description, torch-free.
 
-:mod:`.models.bioimageio` reads and writes packages (and imports torch); the Segment panel only
+:mod:`.bioimageio` reads and writes packages (and imports torch); the Segment panel only
 needs to tell a model's description from other YAML files on napari's GUI thread. Both ask here.
 """
 
