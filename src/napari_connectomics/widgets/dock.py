@@ -24,6 +24,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel, QTabWidget, QVBoxLayout, QWidget
 
 from . import gc_freeze
+from .event_passes import in_a_later_pass
 
 if TYPE_CHECKING:
     import napari
@@ -78,7 +79,7 @@ class ConnectomicsWidget(QWidget):
         self._prepared = threading.Event()
         self._resting = False
         # started once napari has added and shown the dock: its imports would slow that down (GIL)
-        QTimer.singleShot(0, self._start_preparing)
+        in_a_later_pass(self._start_preparing)
         self._timer = QTimer(self)
         self._timer.setInterval(POLL_MS)
         self._timer.timeout.connect(self._build_next)

@@ -40,6 +40,7 @@ from ..config import ConfigError, load_config, save_config
 from ..models.architectures.registry import get_architecture_spec, list_architectures
 from .background import BackgroundJob
 from .dock_watch import watch_dock
+from .event_passes import NEXT_PASS_MS
 from .forms import knob_widget
 from .model_options import (
     FIELD_LABELS,
@@ -127,7 +128,7 @@ class ModelPanel(QWidget):
 
         self._build_ui()
         self._show_draft()
-        self._first_check.start(0)
+        self._first_check.start(NEXT_PASS_MS)
 
         self.session.events.config.connect(self._on_session_config)
         self.session.events.training.connect(self._on_training_changed)

@@ -28,7 +28,7 @@ from magicgui import widgets
 from napari.layers import Image, Labels, Shapes
 from napari.utils import cancelable_progress
 from napari.utils import progress as napari_progress
-from qtpy.QtCore import QTimer, Signal
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..progress import Progress
@@ -36,6 +36,7 @@ from ..registry import POSTPROCESSORS
 from .background import BackgroundJob
 from .compat import adding_unselected, viewer_camera
 from .dock_watch import watch_dock
+from .event_passes import in_a_later_pass
 from .forms import ConfigForm
 from .live_feedback import PREVIEW_MARK
 from .notify import UserError, describe_error, notify_error, show_info, show_warning
@@ -592,9 +593,9 @@ class SegmentPanel(QWidget):
             self._finish_run()
             self._show_failed(outcome.prediction, error)
             return
-        if added:  # napari builds a layer in ~0.1 s: the next one in the next pass keeps the viewer responsive
+        if added:  # napari builds a layer in ~0.1 s: the next one in a later pass (event_passes)
             self._showing = True
-            QTimer.singleShot(0, lambda: self._show_rest(outcome, request, previous))
+            in_a_later_pass(lambda: self._show_rest(outcome, request, previous))
         else:
             self._show_rest(outcome, request, previous)
 

@@ -57,6 +57,7 @@ from .class_legend import ClassLegend
 from .compat import adding_unselected, viewer_camera
 from .defaults import fit_patch
 from .dock_watch import watch_dock
+from .event_passes import NEXT_PASS_MS, in_a_later_pass
 from .forms import knob_value, knob_widget
 from .live_feedback import PREVIEW_MARK, PREVIEW_SECONDS, PreviewUpdate, WeightsSaved
 from .loss_plot import LossPlot
@@ -337,7 +338,7 @@ class TrainPanel(QWidget):
         self._connect_viewer()
         self._refresh_layers()
         self._update_buttons()
-        self._first_probe.start(0)
+        self._first_probe.start(NEXT_PASS_MS)
 
     # --- layout ----------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -1084,8 +1085,8 @@ class TrainPanel(QWidget):
                 (UNCERTAINTY_SUFFIX, update.uncertainty, {"colormap": "yellow", "opacity": 0.4})):
             name = source.name + suffix
             if name not in self.viewer.layers:
-                if added:  # napari builds a layer in ~0.1 s: one per pass of the event loop keeps it responsive
-                    QTimer.singleShot(0, lambda: self._show_latest_preview(update))
+                if added:  # napari builds a layer in ~0.1 s: one per pass of the event loop (event_passes)
+                    in_a_later_pass(lambda: self._show_latest_preview(update))
                     return
                 added = True
             self._put_preview_layer(name, data if source.ndim >= 3 else data[0], scale, translate, style)
