@@ -1,0 +1,146 @@
+"""How long the GUI thread is blocked when the dock opens and when a panel adds a layer.
+
+Two measurements, in real napari viewers (run under Xvfb on a machine without a display):
+
+* ``--layers N``: in one viewer whose active layer is a Labels layer being painted, add a
+  1 x 256 x 256 preview image N times each way, alternating: napari's way (the new layer gets
+  selected, then the user's selection is put back, as the panels did before) and the panels' way
+  (:func:`~napari_connectomics.widgets.compat.adding_unselected`). Per way: the blocking call and
+  the next pass of the event loop (the redraw), in ms.
+* ``--docks N``: N fresh processes, each makes a viewer with a 32 x 256 x 256 image and a Labels
+  layer, opens the "Connectomics" dock at once and records the longest gap of a 10 ms ``QTimer``
+  (minus 10 ms) over the next 4 s, while the panels are imported and built. The stall the issue
+  bounds at 100 ms, for opening the dock alone.
+
+    xvfb-run -a -s "-screen 0 1700x1200x24" python benchmarks/gui_passes.py --layers 8 --docks 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+SHAPE = (32, 256, 256)
+TICK_MS = 10
+WATCH_SECONDS = 4.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=8, help="additions per way (0: skip)")
+    parser.add_argument("--docks", type=int, default=4, help="fresh processes opening the dock (0: skip)")
+    parser.add_argument("--one-dock", action="store_true", help=argparse.SUPPRESS)  # a child of --docks
+    return parser.parse_args(argv)
+
+
+def viewer_with_layers() -> tuple[Any, Any]:
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer()
+    viewer.add_image(np.random.default_rng(0).random(SHAPE, dtype=np.float32), name="EM")
+    viewer.add_labels(np.zeros(SHAPE, np.uint8), name="painted")
+    return viewer, QApplication.instance()
+
+
+def settle(app: Any, seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def measure_layers(rounds: int) -> dict[str, Any]:
+    from napari_connectomics.widgets.compat import adding_unselected
+
+    viewer, app = viewer_with_layers()
+    settle(app, 1.5)
+    preview = np.random.default_rng(1).random((1, *SHAPE[1:]), dtype=np.float32)
+    style = {"colormap": "magenta", "opacity": 0.6, "blending": "additive", "contrast_limits": (0.0, 1.0)}
+    times: dict[str, list[tuple[float, float]]] = {"napari (select, then restore)": [], "adding_unselected": []}
+    for i in range(rounds):
+        for way, record in times.items():
+            active, selected = viewer.layers.selection.active, set(viewer.layers.selection)
+            started = time.perf_counter()
+            if way == "adding_unselected":
+                with adding_unselected(viewer):
+                    viewer.add_image(preview, name=f"preview {i}", **style)
+            else:
+                viewer.add_image(preview, name=f"preview {i}", **style)
+                viewer.layers.selection.update(selected)
+                viewer.layers.selection.active = active
+            called = time.perf_counter()
+            app.processEvents()
+            record.append(((called - started) * 1000.0, (time.perf_counter() - called) * 1000.0))
+            assert viewer.layers.selection.active.name == "painted", way
+            settle(app, 0.3)
+            viewer.layers.remove(f"preview {i}")
+            settle(app, 0.3)
+    viewer.close()
+    return {way: {"call_ms_median": round(statistics.median(c for c, _ in r), 1),
+                  "call_ms": [round(c) for c, _ in r], "next_pass_ms": [round(p) for _, p in r]}
+            for way, r in times.items()}
+
+
+def one_dock() -> dict[str, Any]:
+    """In this (fresh) process: open the dock at once and watch the GUI thread's timer."""
+    from qtpy.QtCore import Qt, QTimer
+
+    viewer, app = viewer_with_layers()
+    app.processEvents()
+    gaps: list[tuple[float, float]] = []  # (ms since the dock was asked for, gap ms)
+    state = {"last": time.perf_counter()}
+
+    def tick() -> None:
+        now = time.perf_counter()
+        gaps.append(((state["last"] - start) * 1000.0, (now - state["last"]) * 1000.0 - TICK_MS))
+        state["last"] = now
+
+    timer = QTimer()
+    timer.setTimerType(Qt.TimerType.PreciseTimer)
+    timer.setInterval(TICK_MS)
+    timer.timeout.connect(tick)
+    start = state["last"] = time.perf_counter()
+    timer.start()
+    _, dock = viewer.window.add_plugin_dock_widget("napari-connectomics", "Connectomics")
+    settle(app, WATCH_SECONDS)
+    timer.stop()
+    ready = bool(dock.ready)
+    viewer.close()
+    worst = sorted(gaps, key=lambda g: -g[1])[:4]
+    return {"ready": ready, "longest_gap_ms": round(worst[0][1]), "worst": [(round(t), round(g)) for t, g in worst]}
+
+
+def measure_docks(runs: int) -> list[dict[str, Any]]:
+    results = []
+    for _ in range(runs):
+        done = subprocess.run([sys.executable, __file__, "--one-dock"], capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr[-2000:])
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.one_dock:
+        print(json.dumps(one_dock()))
+        return
+    report: dict[str, Any] = {}
+    if args.layers:
+        report["add_image"] = measure_layers(args.layers)
+    if args.docks:
+        docks = measure_docks(args.docks)
+        report["open_dock"] = {"longest_gap_ms": [d["longest_gap_ms"] for d in docks], "runs": docks}
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
