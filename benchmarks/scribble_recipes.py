@@ -14,7 +14,8 @@ command line, and at each of ``--steps`` predicts the whole crop with the curren
 Per step it prints one JSON line: foreground IoU at 0.5 (``iou``), after smoothing the probabilities
 along z (Gaussian, sigma 1 section: ``iou_z_smoothed``), the best threshold of 0.3..0.9 and its IoU,
 false positive / negative voxels and the last train and validation losses. ``--background-share``
-changes how much of each painted section's background is painted (1.0: all of it).
+changes how much of each painted section's background is painted (1.0: all of it);
+``--unannotated-background W`` adds a loss (weight W) pulling unannotated voxels towards background.
 """
 
 from __future__ import annotations
@@ -41,8 +42,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="K sections either side stacked as input channels (2K+1 channels)")
     parser.add_argument("--background-share", type=float, default=loop.BACKGROUND_SHARE)
     parser.add_argument("--data", default=str(loop.DATA), help="the Lucchi HDF5 file")
+    parser.add_argument("--unannotated-background", type=float, default=0.0, metavar="WEIGHT",
+                        help="add a loss pulling unannotated voxels towards background, with this weight")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value (OmegaConf dotlist)")
     return parser.parse_args(argv)
+
+
+UNANNOTATED_BACKGROUND = "UnannotatedBackgroundLoss"
+
+
+def register_unannotated_background() -> None:
+    """An experiment's loss: -log p(background) averaged over the *unannotated* voxels of a batch
+    (a prior that most of an EM volume is background), registered for this process only."""
+    import torch
+    from torch import nn
+
+    from napari_connectomics.data.conventions import IGNORE_INDEX
+    from napari_connectomics.models.loss_registry import register_loss
+    from napari_connectomics.registry import LOSSES
+
+    class UnannotatedBackground(nn.Module):
+        def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            unannotated = (target == IGNORE_INDEX).squeeze(1)
+            if not unannotated.any():
+                return logits.sum() * 0.0
+            return -torch.log_softmax(logits, dim=1)[:, 0][unannotated].mean()
+
+    if UNANNOTATED_BACKGROUND not in LOSSES:
+        register_loss(UNANNOTATED_BACKGROUND)(lambda out_channels=2, **_: UnannotatedBackground())
 
 
 def stacked_sections(image: np.ndarray, k: int) -> np.ndarray:
@@ -88,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.context:
         cfg.model.in_channels = 2 * args.context + 1
     cfg.merge_with_dotlist(list(args.overrides))
+    if args.unannotated_background > 0:
+        register_unannotated_background()
+        weights = cfg.model.loss_weights or [1.0] * len(cfg.model.loss_functions)
+        cfg.model.loss_functions = [*cfg.model.loss_functions, UNANNOTATED_BACKGROUND]
+        cfg.model.loss_weights = [*weights, args.unannotated_background]
     prepared = prepare_run(choices, cfg)
     started = time.monotonic()
 
