@@ -37,10 +37,10 @@ def test_combined_widget_holds_the_three_panels_in_workflow_order(make_napari_vi
 def test_opening_the_dock_restores_the_gil_switch_interval(make_napari_viewer, qtbot):
     """The dock's background imports shorten the GIL switch interval for the GUI's sake, and only
     while they run."""
-    from napari_connectomics.widgets.dock import PREPARE_SWITCH_INTERVAL
+    from napari_connectomics.widgets.event_passes import GUI_SWITCH_INTERVAL
 
     before = sys.getswitchinterval()
-    assert before > PREPARE_SWITCH_INTERVAL  # Python's 5 ms: the test would prove nothing otherwise
+    assert before > GUI_SWITCH_INTERVAL  # Python's 5 ms: the test would prove nothing otherwise
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Connectomics")
     qtbot.waitUntil(lambda: widget.ready, timeout=30_000)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel, QTabWidget, QVBoxLayout, QWidget
 
 from . import gc_freeze
-from .event_passes import in_a_later_pass
+from .event_passes import NEXT_PASS_MS, gui_switch_interval, in_a_later_pass
 
 if TYPE_CHECKING:
     import napari
@@ -42,9 +41,7 @@ PANELS = (("Model", ".model_panel", "ModelPanel"),
           ("Train", ".train_panel", "TrainPanel"),
           ("Segment", ".segment_panel", "SegmentPanel"))
 POLL_MS = 10
-# While the panels are imported in the background, the GUI thread gets the GIL back after this long
-# instead of Python's 5 ms: each Qt call that released it would otherwise wait up to 5 ms.
-PREPARE_SWITCH_INTERVAL = 0.001
+REST_POLLS = NEXT_PASS_MS // POLL_MS + 1  # after a panel: its deferred work runs before the next panel
 
 
 def _prepare(viewer: Any) -> None:
@@ -77,7 +74,7 @@ class ConnectomicsWidget(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)
         self._prepared = threading.Event()
-        self._resting = False
+        self._resting = 0  # polls left before the next panel is built
         # started once napari has added and shown the dock: its imports would slow that down (GIL)
         in_a_later_pass(self._start_preparing)
         self._timer = QTimer(self)
@@ -112,29 +109,26 @@ class ConnectomicsWidget(QWidget):
         threading.Thread(target=self._prepare_in_background, name="connectomics-dock", daemon=True).start()
 
     def _prepare_in_background(self) -> None:
-        saved = sys.getswitchinterval()
-        sys.setswitchinterval(min(saved, PREPARE_SWITCH_INTERVAL))
         try:
-            _prepare(self.viewer)
+            with gui_switch_interval():
+                _prepare(self.viewer)
         except Exception:  # building on the GUI thread raises it again, where it can be shown
             logger.debug("preparing the dock in the background failed", exc_info=True)
         finally:
-            if sys.getswitchinterval() == min(saved, PREPARE_SWITCH_INTERVAL):  # nobody changed it since
-                sys.setswitchinterval(saved)
             self._prepared.set()
 
     def _build_next(self) -> None:
-        """One panel per pass of the event loop, once the imports are done, with a pass between two
-        panels for the work a new panel puts off (its timers of 0 ms)."""
+        """One panel per pass of the event loop, once the imports are done, with a rest between two
+        panels for the work a new panel puts off (event_passes.deferred_call)."""
         if not self._prepared.is_set():
             return
         if self._resting:
-            self._resting = False
+            self._resting -= 1
             return
         missing = [title for title, _, _ in PANELS if title not in self._panels]
         if missing:
             self._panel(missing[0])
-            self._resting = True
+            self._resting = REST_POLLS
         if self.ready:
             self._timer.stop()
             gc_freeze.refreeze()  # the panels are long-lived too

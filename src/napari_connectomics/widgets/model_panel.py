@@ -40,7 +40,7 @@ from ..config import ConfigError, load_config, save_config
 from ..models.architectures.registry import get_architecture_spec, list_architectures
 from .background import BackgroundJob
 from .dock_watch import watch_dock
-from .event_passes import NEXT_PASS_MS
+from .event_passes import deferred_call
 from .forms import knob_widget
 from .model_options import (
     FIELD_LABELS,
@@ -122,13 +122,11 @@ class ModelPanel(QWidget):
 
         # the first check of the draft (validation, copies: ~30 ms) comes in a pass of the event loop
         # of its own, after the one that builds the panel (see dock.py)
-        self._first_check = QTimer(self)
-        self._first_check.setSingleShot(True)
-        self._first_check.timeout.connect(lambda: self._revalidate(publish=False))
+        self._first_check = deferred_call(self, lambda: self._revalidate(publish=False))
 
         self._build_ui()
         self._show_draft()
-        self._first_check.start(NEXT_PASS_MS)
+        self._first_check.start()
 
         self.session.events.config.connect(self._on_session_config)
         self.session.events.training.connect(self._on_training_changed)

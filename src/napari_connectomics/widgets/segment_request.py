@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from ..models.bioimageio_files import is_description_name
 from ..inference.options import inference_default
+from ..models.bioimageio_files import is_description_name
 from ..progress import Progress
 from ..registry import POSTPROCESSORS, TARGETS
 from .errors import UserError

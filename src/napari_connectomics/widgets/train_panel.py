@@ -57,7 +57,7 @@ from .class_legend import ClassLegend
 from .compat import adding_unselected, viewer_camera
 from .defaults import fit_patch
 from .dock_watch import watch_dock
-from .event_passes import NEXT_PASS_MS, in_a_later_pass
+from .event_passes import GUI_SWITCH_INTERVAL, deferred_call, in_a_later_pass
 from .forms import knob_value, knob_widget
 from .live_feedback import PREVIEW_MARK, PREVIEW_SECONDS, PreviewUpdate, WeightsSaved
 from .loss_plot import LossPlot
@@ -118,11 +118,6 @@ KNOBS: dict[str, tuple[str, str, str]] = {
     "voxel_size": ("data", "voxel_size", "voxel size"),
     "context_sections": ("data", "context_sections", "context sections"),
 }
-# While training runs, Python hands the GIL to a waiting thread after this long instead of 5 ms:
-# the GUI thread re-acquires the GIL after every OpenGL/Qt call that released it, and with a
-# CPU-bound training thread each re-acquisition would otherwise cost up to 5 ms (a redraw makes
-# dozens), which is what makes a viewer stutter. Restored when the run ends.
-GUI_SWITCH_INTERVAL = 0.001
 # Where GUI training runs: in the engine worker process (the default) or, with
 # NAPARI_CONNECTOMICS_TRAINING=thread, in a thread of napari's process (see worker_client.use_worker).
 TRAIN_IN_PROCESS = use_worker()
@@ -307,9 +302,7 @@ class TrainPanel(QWidget):
         self._probe_timer.timeout.connect(self._start_probe)
         # the first step-time request (~25 ms of config copying) comes in a pass of the event loop of
         # its own, after the one that builds the panel (see dock.py)
-        self._first_probe = QTimer(self)
-        self._first_probe.setSingleShot(True)
-        self._first_probe.timeout.connect(self._request_probe)
+        self._first_probe = deferred_call(self, self._request_probe)
         self.worker_pid: int | None = None  # the process the last run trained in (from the worker)
         self.worker_annotated: int | None = None  # annotated voxels the worker holds for the run
         self.worker_labels_applied = 0  # repainted labels the running training has swapped in
@@ -338,7 +331,7 @@ class TrainPanel(QWidget):
         self._connect_viewer()
         self._refresh_layers()
         self._update_buttons()
-        self._first_probe.start(NEXT_PASS_MS)
+        self._first_probe.start()
 
     # --- layout ----------------------------------------------------------------------------------
     def _build(self) -> None:
