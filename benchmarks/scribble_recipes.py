@@ -15,7 +15,11 @@ Per step it prints one JSON line: foreground IoU at 0.5 (``iou``), after smoothi
 along z (Gaussian, sigma 1 section: ``iou_z_smoothed``), the best threshold of 0.3..0.9 and its IoU,
 false positive / negative voxels and the last train and validation losses. ``--background-share``
 changes how much of each painted section's background is painted (1.0: all of it);
-``--unannotated-background W`` adds a loss (weight W) pulling unannotated voxels towards background.
+``--unannotated-background W`` adds a loss (weight W) pulling unannotated voxels towards background;
+``--border W,K`` replaces cross-entropy by one weighing annotated voxels within K px of the other
+class 1 + W times; ``--dense-all`` paints every section with the expert label (the crop's ceiling);
+``--tta`` also scores each step with test-time augmentation; ``--save DIR`` keeps each step's
+probabilities.
 """
 
 from __future__ import annotations
@@ -44,6 +48,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default=str(loop.DATA), help="the Lucchi HDF5 file")
     parser.add_argument("--unannotated-background", type=float, default=0.0, metavar="WEIGHT",
                         help="add a loss pulling unannotated voxels towards background, with this weight")
+    parser.add_argument("--border", metavar="WEIGHT,WIDTH",
+                        help="replace cross-entropy by one that weighs annotated voxels within WIDTH px of an "
+                             "annotated voxel of another class 1 + WEIGHT times")
+    parser.add_argument("--dense-all", action="store_true",
+                        help="paint every section fully (the expert label): the crop's ceiling, not a scribble run")
+    parser.add_argument("--tta", action="store_true",
+                        help="also score each step with test-time augmentation (iou_tta, and z-smoothed)")
+    parser.add_argument("--save", metavar="DIR", help="also save each step's foreground probabilities (step<N>.npy)")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value (OmegaConf dotlist)")
     return parser.parse_args(argv)
 
@@ -70,6 +82,43 @@ def register_unannotated_background() -> None:
 
     if UNANNOTATED_BACKGROUND not in LOSSES:
         register_loss(UNANNOTATED_BACKGROUND)(lambda out_channels=2, **_: UnannotatedBackground())
+
+
+BORDER_CE = "BorderWeightedCrossEntropy"
+
+
+def register_border_ce(weight: float, width: int) -> None:
+    """An experiment's loss: cross-entropy over annotated voxels, those within ``width`` px of an
+    annotated voxel of another class weighted ``1 + weight`` (the U-Net paper's border weights, for
+    scribbles: only where both sides of a border were painted)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from napari_connectomics.data.conventions import IGNORE_INDEX
+    from napari_connectomics.models.loss_registry import register_loss
+    from napari_connectomics.registry import LOSSES
+
+    class BorderWeightedCE(nn.Module):
+        def __init__(self, out_channels: int = 2):
+            super().__init__()
+            self.classes = max(out_channels, 2)
+
+        def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            labels = target.squeeze(1)
+            annotated = labels != IGNORE_INDEX
+            pool = F.max_pool2d if labels.ndim == 3 else F.max_pool3d
+            border = torch.zeros_like(annotated)
+            for c in range(self.classes):
+                is_c = (labels == c).unsqueeze(1).float()
+                near_c = pool(is_c, 2 * width + 1, stride=1, padding=width).squeeze(1) > 0
+                border |= near_c & annotated & (labels != c)
+            weights = (1.0 + weight * border.float()) * annotated.float()
+            per_voxel = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+            return (per_voxel * weights).sum() / weights.sum().clamp(min=1e-12)
+
+    if BORDER_CE not in LOSSES:
+        register_loss(BORDER_CE)(lambda out_channels=2, **_: BorderWeightedCE(out_channels))
 
 
 def stacked_sections(image: np.ndarray, k: int) -> np.ndarray:
@@ -105,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = sorted(int(s) for s in args.steps.split(","))
     image, truth = loop.load_crop(Path(args.data))
     loop.BACKGROUND_SHARE = args.background_share
-    painted = loop.paint_scribbles(truth)
+    painted = (truth > 0).astype(np.uint8) + 1 if args.dense_all else loop.paint_scribbles(truth)
     if args.context:
         image = stacked_sections(image, args.context)
     output = tempfile.mkdtemp(prefix="scribble-recipes-")
@@ -120,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         weights = cfg.model.loss_weights or [1.0] * len(cfg.model.loss_functions)
         cfg.model.loss_functions = [*cfg.model.loss_functions, UNANNOTATED_BACKGROUND]
         cfg.model.loss_weights = [*weights, args.unannotated_background]
+    if args.border:
+        border_weight, border_width = args.border.split(",")
+        register_border_ce(float(border_weight), int(border_width))
+        cfg.model.loss_functions = [BORDER_CE if name == "CrossEntropyLoss" else name
+                                    for name in cfg.model.loss_functions]
     prepared = prepare_run(choices, cfg)
     started = time.monotonic()
 
@@ -131,10 +185,22 @@ def main(argv: list[str] | None = None) -> int:
             options = PredictOptions(device="cpu", output_dtype="float32")
             probabilities = np.asarray(predict(pl_module.model, image, options, cfg=prepared.cfg).probabilities,
                                        np.float32)
+            if args.tta:
+                options = PredictOptions(device="cpu", output_dtype="float32", tta=True)
+                with_tta = np.asarray(predict(pl_module.model, image, options, cfg=prepared.cfg).probabilities,
+                                      np.float32)
+                tta_foreground = 1.0 - with_tta[0] if with_tta.shape[0] > 1 else with_tta[0]
+                tta_scores = score(tta_foreground, truth)
+                row_tta = {"iou_tta": tta_scores["iou"], "iou_tta_z_smoothed": tta_scores["iou_z_smoothed"]}
+            else:
+                row_tta = {}
             pl_module.train()
             foreground = 1.0 - probabilities[0] if probabilities.shape[0] > 1 else probabilities[0]
+            if args.save:
+                Path(args.save).mkdir(parents=True, exist_ok=True)
+                np.save(Path(args.save) / f"step{trainer.global_step}.npy", foreground.astype(np.float16))
             metrics = trainer.callback_metrics
-            row = {"step": int(trainer.global_step), "seconds": round(seconds, 1), **score(foreground, truth),
+            row = {"step": int(trainer.global_step), "seconds": round(seconds, 1), **score(foreground, truth), **row_tta,
                    "train_loss": round(float(metrics.get("train/loss", float("nan"))), 4),
                    "val_loss": round(float(metrics.get("val/loss", float("nan"))), 4)}
             print(json.dumps(row), flush=True)
