@@ -9,7 +9,8 @@ post-processings against the expert labels.
 ``--planes xy,triplanar`` compares single-plane with tri-planar prediction (xy, xz and yz averaged);
 ``--margin N`` predicts N more slices before the held-out ones (training slices, as input only: a
 33-slice slab is too thin for xz and yz windows) and scores the held-out slices alone; ``--no-tta``
-skips the TTA passes; ``--z-smooth 1 2`` also scores the probabilities smoothed along z.
+skips the TTA passes; ``--z-smooth 1 2`` also predicts with the probabilities smoothed
+along z (``PredictOptions.z_smoothing``, sigma in sections).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import sys
 import time
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from napari_connectomics.data.volumes import open_volume
 from napari_connectomics.inference.metrics import semantic_metrics
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--margin", type=int, default=0, help="slices predicted before the held-out ones")
     parser.add_argument("--no-tta", action="store_true")
     parser.add_argument("--z-smooth", type=float, nargs="*", default=[], metavar="SIGMA",
-                        help="also score the probabilities smoothed along z (Gaussian, sigma in sections)")
+                        help="also predict with the probabilities smoothed along z (PredictOptions.z_smoothing)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
 
@@ -58,25 +58,23 @@ def main(argv: list[str] | None = None) -> int:
           f"slice {start_z}), overlap {args.overlap}\n")
     print("| prediction | post-processing | foreground IoU | seconds |")
     print("| --- | --- | ---: | ---: |")
-    runs = [(planes, tta) for planes in args.planes.split(",") for tta in ((False,) if args.no_tta else (False, True))]
-    for planes, tta in runs:
+    runs = [(planes, tta, sigma) for planes in args.planes.split(",")
+            for tta in ((False,) if args.no_tta else (False, True)) for sigma in (0.0, *args.z_smooth)]
+    for planes, tta, sigma in runs:
         start = time.perf_counter()
         result = predict(args.checkpoint, args.image, PredictOptions(
-            overlap=args.overlap, tta=tta, roi=roi, output_dtype="float32", triplanar=planes == "triplanar"))
+            overlap=args.overlap, tta=tta, roi=roi, output_dtype="float32", triplanar=planes == "triplanar",
+            z_smoothing=sigma))
         seconds = time.perf_counter() - start
-        predicted = np.asarray(result.probabilities, dtype=np.float32)
-        probabilities = predicted[:, z0 - start_z:]
-        name = ("tri-planar" if planes == "triplanar" else "sliding window") + (" + TTA (8 passes)" if tta else "")
+        probabilities = np.asarray(result.probabilities, dtype=np.float32)[:, z0 - start_z:]
+        name = (("tri-planar" if planes == "triplanar" else "sliding window") + (" + TTA (8 passes)" if tta else "")
+                + (f", smoothed along z (sigma {sigma:g} sections)" if sigma else ""))
         variants = {
             "threshold 0.5": postprocess(probabilities, "none", threshold=0.5),
             "threshold 0.5, objects >= 200 voxels": postprocess(probabilities, "cc", threshold=0.5, min_size=200),
         }
         variants["threshold 0.5, objects >= 200, holes filled in-plane"] = fill_holes(
             variants["threshold 0.5, objects >= 200 voxels"], in_plane=True)
-        for sigma in args.z_smooth:
-            smoothed = ndi.gaussian_filter1d(predicted, sigma, axis=1, mode="nearest")[:, z0 - start_z:]
-            variants[f"probabilities smoothed along z (sigma {sigma:g} sections), threshold 0.5"] = postprocess(
-                smoothed, "none", threshold=0.5)
         for post, mask in variants.items():
             print(f"| {name} | {post} | {foreground_iou(mask, truth):.4f} | {seconds:.0f} |", flush=True)
     return 0

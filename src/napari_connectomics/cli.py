@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", default=None, help="test-time augmentation (flips, rot90)")
     p.add_argument("--triplanar", action="store_true", default=None,
                    help="2D networks on isotropic volumes: average the predictions of the xy, xz and yz planes")
+    p.add_argument("--z-smoothing", type=float, metavar="SIGMA",
+                   help="smooth the probabilities along z (Gaussian sigma in sections; 0: off): "
+                        "2D networks on isotropic stacks")
     p.add_argument("--device", help="auto, cpu, cuda")
     p.add_argument("--precision", choices=_choices("inference", "precision"),
                    help="the forward pass's arithmetic on a GPU (16-mixed, bf16-mixed: autocast)")
@@ -351,7 +354,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     cfg = checkpoint_config(args.checkpoint)  # a checkpoint, or a BioImage.IO model (model.zip, rdf.yaml)
     options = PredictOptions.from_config(
         cfg, window=args.window, overlap=args.overlap, batch_size=args.batch, tta=args.tta, triplanar=args.triplanar,
-        device=args.device,
+        z_smoothing=args.z_smoothing, device=args.device,
         precision=args.precision, block_size=args.block, roi=args.roi, output_dtype=args.output_dtype, memory_limit_mb=args.memory_limit_mb)
     source = prepare_input(args.input, int(cfg.model.in_channels), args.roi)  # input errors before the model is built
     method = args.instances or ("none" if args.threshold is not None else None)

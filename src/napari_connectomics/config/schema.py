@@ -238,6 +238,9 @@ class InferenceConfig:
     tta: bool = knob(False, "test-time augmentation with flips (and in-plane rot90)")
     triplanar: bool = knob(False, "2D networks on isotropic volumes: predict the xy, xz and yz planes and "
                            "average the three probability volumes")
+    z_smoothing: float = knob(0.0, "smooth the probabilities along z with a Gaussian of this sigma, in sections, "
+                              "before thresholding (0: off); for 2D networks on isotropic stacks (FIB-SEM), whose "
+                              "sections are predicted one by one", minimum=0.0, maximum=16.0)
     device: str = knob("auto", "device for the windows", choices=("auto", "cpu", "cuda", "gpu", "mps"))
     precision: str = knob("32", "arithmetic of the forward pass on a CUDA GPU (16-mixed, bf16-mixed: autocast; "
                            "a CPU always computes in float32)", choices=("32", "16-mixed", "bf16-mixed"))

@@ -23,8 +23,8 @@ __all__ = ["BLENDINGS", "DEVICES", "OUTPUT_DTYPES", "PADDING_MODES", "PRECISIONS
 
 _SCHEMA = {f.name: f for f in dataclasses.fields(InferenceConfig)}
 # the options read from ``cfg.inference`` by PredictOptions.from_config (same names there)
-_FROM_CONFIG = ("overlap", "batch_size", "blending", "padding_mode", "tta", "triplanar", "device",
-                "precision", "output_dtype", "memory_limit_mb")
+_FROM_CONFIG = ("overlap", "batch_size", "blending", "padding_mode", "tta", "triplanar", "z_smoothing",
+                "device", "precision", "output_dtype", "memory_limit_mb")
 
 
 def inference_default(name: str) -> Any:
@@ -55,6 +55,7 @@ class PredictOptions:
     padding_mode: str = inference_default("padding_mode")
     tta: bool = inference_default("tta")
     triplanar: bool = inference_default("triplanar")  # 2D networks: xy, xz and yz planes averaged
+    z_smoothing: float = inference_default("z_smoothing")  # Gaussian sigma along z, in sections (0: off)
     device: str = inference_default("device")
     precision: str = inference_default("precision")  # of the forward pass on a GPU; see predictor.autocast_dtype
     output_dtype: str = inference_default("output_dtype")
@@ -67,7 +68,8 @@ class PredictOptions:
             self.window = _positive_ints("window", self.window, (2, 3))
         if self.block_size is not None:
             self.block_size = _positive_ints("block_size", self.block_size, (3,))  # type: ignore
-        for name, cast in (("overlap", float), ("batch_size", int), ("memory_limit_mb", int)):
+        for name, cast in (("overlap", float), ("batch_size", int), ("memory_limit_mb", int),
+                           ("z_smoothing", float)):
             _check_bounds(name, cast(getattr(self, name)))
         for name in ("blending", "padding_mode", "device", "precision", "output_dtype"):
             choices = _choices(name)
@@ -79,6 +81,7 @@ class PredictOptions:
             raise ValueError("roi must be three slices (z, y, x), "
                              "e.g. (slice(0, 64), slice(None), slice(None))")
         self.overlap, self.batch_size = float(self.overlap), int(self.batch_size)
+        self.z_smoothing = float(self.z_smoothing)
         self.triplanar = bool(self.triplanar)
 
     @classmethod

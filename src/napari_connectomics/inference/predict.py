@@ -35,7 +35,8 @@ Inputs are normalised with ``cfg.data.normalize`` and statistics of the whole in
 (measured once, on a sample for large volumes), as in training. A 2D network trained with 2.5D
 context (``data.context_sections``) gets each section's neighbours as channels, as in training
 (:mod:`napari_connectomics.data.sections`). ``PredictOptions.triplanar`` predicts the xy, xz and
-yz planes with a 2D network and averages them (:mod:`.triplanar`). Without test-time augmentation
+yz planes with a 2D network and averages them (:mod:`.triplanar`); ``PredictOptions.z_smoothing``
+smooths the probabilities along z (:mod:`.z_smoothing`). Without test-time augmentation
 the blended *logits* go through the activation (exactly MONAI's result); with it, each window is
 predicted under flips (and in-plane rot90 for square windows) and the *probabilities* are
 averaged, window by window, before blending.
@@ -96,6 +97,7 @@ from .input import VolumeInput, prepare_input, read_once, shape_text
 from .options import PredictionResult, PredictOptions, default_window
 from .predictor import WindowPredictor, activation_for, resolve_device, tta_transforms
 from .resume import Partial, ResumeLog, changed, digest, file_stamp, find_partials, model_digest
+from .z_smoothing import slab_sections, smooth_along_z
 from .triplanar import PLANES, check_triplanar, check_triplanar_run, offset_progress, to_volume_order
 from .stores import (
     OutputSpaceError,
@@ -275,6 +277,8 @@ def _make_plan(checkpoint_or_model: Any, volume: Any, options: PredictOptions | 
         check_triplanar(spatial_dims, source, _voxel_size(source, cfg))
         check_triplanar_run(scheduler, resume, source.shape, int(cfg.model.out_channels),
                             options.memory_limit_mb)
+    if options.z_smoothing > 0:
+        _check_z_smoothing(options, resume, spec, (int(cfg.model.out_channels), *source.shape))
     window = _window(model, cfg, options, source.shape)
     device = resolve_device(options.device) if scheduler == "local" else torch.device("cpu")
     grid = make_grid(source.shape, window, options.overlap)
@@ -296,7 +300,8 @@ def _make_plan(checkpoint_or_model: Any, volume: Any, options: PredictOptions | 
         plan.views = [_plane_plan(plan, axes) for name, axes in PLANES.items() if name != "xy"]
     logger.info("predicting %s with window %s, overlap %.2f%s: %s on %s", shape_text(source.shape),
                 shape_text(window), options.overlap,
-                ", TTA" * options.tta + ", tri-planar (xy, xz, yz averaged)" * options.triplanar,
+                ", TTA" * options.tta + ", tri-planar (xy, xz, yz averaged)" * options.triplanar
+                + (f", smoothed along z (sigma {options.z_smoothing:g} sections)" if options.z_smoothing else ""),
                 (f"{len(blocks)} z-slabs" if slabs else f"{len(blocks)} blocks") if blocks
                 else "whole volume",
                 "dask" if scheduler == "dask" else device)
@@ -452,6 +457,7 @@ def _fingerprint(plan: _Plan, spec: OutputSpec, chunks: Sequence[int]) -> dict[s
         "output shape": list(plan.shape), "chunks": list(chunks),
         "blocks": [len(plan.blocks), plan.slabs, digest([b.core for b in plan.blocks])],
         **({"triplanar": True} if options.triplanar else {}),
+        **({"z smoothing": options.z_smoothing} if options.z_smoothing else {}),
     }
 
 
@@ -515,15 +521,35 @@ def _run(plan: _Plan, writer: OutputWriter | None, address: str | None,
     """Run the planned engine; (cancelled, the in-memory result when there is no writer)."""
     if plan.views:
         return _run_planes(plan, writer, progress, stop_event)
-    return run_engine(plan.model, plan.device, plan.job, plan.source, plan.blocks, plan.slabs,
-                      plan.shape, plan.options.output_dtype, writer, progress, stop_event,
-                      scheduler=plan.scheduler, checkpoint=plan.checkpoint, address=address)
+    cancelled, result = run_engine(plan.model, plan.device, plan.job, plan.source, plan.blocks, plan.slabs,
+                                   plan.shape, plan.options.output_dtype, writer, progress, stop_event,
+                                   scheduler=plan.scheduler, checkpoint=plan.checkpoint, address=address)
+    sigma = plan.options.z_smoothing
+    if cancelled or sigma <= 0:
+        return cancelled, result
+    if writer is not None:  # filtered in place, slab by slab, before the output is committed
+        writer.smooth_along_z(sigma, plan.options.memory_limit_mb)
+        return False, None
+    assert result is not None
+    value_scale = 255.0 if np.dtype(plan.options.output_dtype) == np.uint8 else 1.0
+    return False, to_storage(smooth_along_z(result, sigma) / value_scale, plan.options.output_dtype)
+
+
+def _check_z_smoothing(options: PredictOptions, resume: bool, spec: OutputSpec | None,
+                       shape: tuple[int, ...]) -> None:
+    """One-line refusals of smoothing along z (see :mod:`.z_smoothing`), before any work."""
+    if resume:
+        raise ValueError("smoothing along z filters the finished output in place, so a partial "
+                         "one cannot be resumed: drop --resume (resume=True) or --z-smoothing 0")
+    if spec is not None:
+        slab_sections(shape, options.z_smoothing, options.memory_limit_mb)
 
 
 def _run_planes(plan: _Plan, writer: OutputWriter | None, progress: Sequence[ProgressCallback],
                 stop_event: threading.Event | None) -> tuple[bool, np.ndarray | None]:
     """Tri-planar (see :mod:`.triplanar`): each plane predicted in memory as float32, put back in
-    the volume's axis order and summed; the mean is stored in the output dtype."""
+    the volume's axis order and summed, the mean smoothed along z when asked; stored in the output
+    dtype."""
     summed: np.ndarray | None = None
     before, planes = 0, [plan, *plan.views]
     for name, view in zip(PLANES, planes):
@@ -542,6 +568,7 @@ def _run_planes(plan: _Plan, writer: OutputWriter | None, progress: Sequence[Pro
         before += own
     assert summed is not None
     summed /= np.float32(len(planes))
+    summed = smooth_along_z(summed, plan.options.z_smoothing)
     if writer is not None:
         writer.write(plan.source.whole(), summed)
         return False, None

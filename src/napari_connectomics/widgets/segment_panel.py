@@ -80,7 +80,7 @@ __all__ = ["SegmentPanel"]
 
 logger = logging.getLogger(__name__)
 
-PREDICT_KNOBS = ("window_size", "overlap", "batch_size", "tta", "triplanar", "device")
+PREDICT_KNOBS = ("window_size", "overlap", "batch_size", "tta", "triplanar", "z_smoothing", "device")
 POST_KNOBS = ("threshold", "instances", "min_size")
 _FALLBACK_WINDOW = (32, 128, 128)  # config default 3D patch, until the checkpoint has been read
 WAIT_CHECKPOINT = "checkpoint"  # Segment pressed while a run stops: segment with its checkpoint
@@ -168,7 +168,8 @@ class SegmentPanel(QWidget):
                                              tooltip="its first rectangle is the region")
         self.predict_form = ConfigForm("inference", PREDICT_KNOBS, values=inference,
                                        labels={"window_size": "window", "tta": "test-time aug.",
-                                               "triplanar": "tri-planar", "batch_size": "batch"})
+                                               "triplanar": "tri-planar", "z_smoothing": "z-smoothing",
+                                               "batch_size": "batch"})
         self.predict_form.window_size.native.setPlaceholderText("checkpoint default")
         self.post_form = ConfigForm("inference", POST_KNOBS, values=inference,
                                     labels={"instances": "post-processing", "min_size": "min size"})
@@ -412,7 +413,7 @@ class SegmentPanel(QWidget):
             translate=tuple(float(t) for t in image.translate[-ndim:]),
             post=self.post_settings(), window=window, overlap=float(values["overlap"]),
             batch_size=int(values["batch_size"]), tta=bool(values["tta"]),
-            triplanar=bool(values["triplanar"]),
+            triplanar=bool(values["triplanar"]), z_smoothing=float(values["z_smoothing"]),
             device=str(values["device"]), lazy_input=is_lazy_data(image.data, image.multiscale),
             store_folder=Path(store).expanduser() if store not in ("", ".") else None,
             memory_limit_mb=int(self.memory_limit_mb))

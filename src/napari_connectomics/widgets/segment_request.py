@@ -515,6 +515,7 @@ class SegmentRequest:
     batch_size: int = inference_default("batch_size")
     tta: bool = inference_default("tta")
     triplanar: bool = inference_default("triplanar")
+    z_smoothing: float = inference_default("z_smoothing")
     device: str = inference_default("device")
     lazy_input: bool = False
     store_folder: Path | None = None  # None: a temporary folder
@@ -671,7 +672,8 @@ def _predict(request: SegmentRequest, model: Any, cfg: Any, store: Path | None, 
 
     options = engine.PredictOptions.from_config(
         cfg, window=request.window, overlap=request.overlap, batch_size=request.batch_size,
-        tta=request.tta, triplanar=request.triplanar, device=request.device,
+        tta=request.tta, triplanar=request.triplanar, z_smoothing=request.z_smoothing,
+        device=request.device,
         roi=request.region.roi_zyx(),
         output_dtype=None if store is not None else "float32",
         memory_limit_mb=request.memory_limit_mb)
