@@ -1,6 +1,6 @@
 """How long the GUI thread is blocked when the dock opens and when a panel adds a layer.
 
-Two measurements, in real napari viewers (run under Xvfb on a machine without a display):
+Three measurements, in real napari viewers (run under Xvfb on a machine without a display):
 
 * ``--layers N``: in one viewer whose active layer is a Labels layer being painted, add a
   1 x 256 x 256 preview image N times each way, alternating: napari's way (the new layer gets
@@ -11,6 +11,8 @@ Two measurements, in real napari viewers (run under Xvfb on a machine without a 
   layer, opens the "Connectomics" dock at once and records the longest gap of a 10 ms ``QTimer``
   (minus 10 ms) over the next 4 s, while the panels are imported and built. The stall the issue
   bounds at 100 ms, for opening the dock alone.
+* ``--dock-layers N``: N additions (the panels' way) in a viewer without the dock, then N in a fresh
+  viewer with the dock open and its engine worker idle: what the dock adds to napari's cost.
 
     xvfb-run -a -s "-screen 0 1700x1200x24" python benchmarks/gui_passes.py --layers 8 --docks 4
 """
@@ -36,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=8, help="additions per way (0: skip)")
     parser.add_argument("--docks", type=int, default=4, help="fresh processes opening the dock (0: skip)")
+    parser.add_argument("--dock-layers", type=int, default=0,
+                        help="additions (the panels' way) in a viewer without the dock, then in one with it open")
     parser.add_argument("--one-dock", action="store_true", help=argparse.SUPPRESS)  # a child of --docks
     return parser.parse_args(argv)
 
@@ -89,6 +93,38 @@ def measure_layers(rounds: int) -> dict[str, Any]:
             for way, r in times.items()}
 
 
+def measure_layers_beside_dock(rounds: int) -> dict[str, Any]:
+    """The panels' addition of a preview image in a viewer without the dock, then in a fresh viewer
+    with the dock open (its engine worker idle): does the dock make napari's layer addition slower?"""
+    from napari_connectomics.widgets.compat import adding_unselected
+
+    preview = np.random.default_rng(1).random((1, *SHAPE[1:]), dtype=np.float32)
+    style = {"colormap": "magenta", "opacity": 0.6, "blending": "additive", "contrast_limits": (0.0, 1.0)}
+    report = {}
+    for with_dock in (False, True):
+        viewer, app = viewer_with_layers()
+        if with_dock:
+            _, dock = viewer.window.add_plugin_dock_widget("napari-connectomics", "Connectomics")
+            deadline = time.perf_counter() + 60
+            while not dock.ready and time.perf_counter() < deadline:
+                settle(app, 0.1)
+        settle(app, 8.0 if with_dock else 1.5)  # the dock's first config check and step probe
+        calls = []
+        for i in range(rounds + 1):  # the first addition of a viewer is not counted
+            started = time.perf_counter()
+            with adding_unselected(viewer):
+                viewer.add_image(preview, name=f"preview {i}", **style)
+            calls.append((time.perf_counter() - started) * 1000.0)
+            settle(app, 0.3)
+            viewer.layers.remove(f"preview {i}")
+            settle(app, 0.3)
+        viewer.close()
+        settle(app, 1.0)
+        report["dock open" if with_dock else "no dock"] = {
+            "call_ms_median": round(statistics.median(calls[1:]), 1), "call_ms": [round(c) for c in calls]}
+    return report
+
+
 def one_dock() -> dict[str, Any]:
     """In this (fresh) process: open the dock at once and watch the GUI thread's timer."""
     from qtpy.QtCore import Qt, QTimer
@@ -136,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     report: dict[str, Any] = {}
     if args.layers:
         report["add_image"] = measure_layers(args.layers)
+    if args.dock_layers:
+        report["add_image_beside_dock"] = measure_layers_beside_dock(args.dock_layers)
     if args.docks:
         docks = measure_docks(args.docks)
         report["open_dock"] = {"longest_gap_ms": [d["longest_gap_ms"] for d in docks], "runs": docks}
