@@ -97,7 +97,6 @@ from .input import VolumeInput, prepare_input, read_once, shape_text
 from .options import PredictionResult, PredictOptions, default_window
 from .predictor import WindowPredictor, activation_for, resolve_device, tta_transforms
 from .resume import Partial, ResumeLog, changed, digest, file_stamp, find_partials, model_digest
-from .z_smoothing import slab_sections, smooth_along_z
 from .triplanar import PLANES, check_triplanar, check_triplanar_run, offset_progress, to_volume_order
 from .stores import (
     OutputSpaceError,
@@ -123,6 +122,7 @@ from .windows import (
     slab_bytes,
     whole_volume_bytes,
 )
+from .z_smoothing import slab_sections, smooth_along_z
 
 __all__ = [
     "BlockJob",

@@ -26,7 +26,7 @@ from scipy import ndimage as ndi
 from .input import shape_text
 from .stores import to_storage
 
-__all__ = ["kernel_radius", "smooth_along_z", "smooth_store_along_z"]
+__all__ = ["kernel_radius", "slab_sections", "smooth_along_z", "smooth_store_along_z"]
 
 logger = logging.getLogger(__name__)
 
