@@ -82,6 +82,28 @@ def test_a_store_is_smoothed_slab_by_slab_as_if_whole(tmp_path):
             np.testing.assert_allclose(array[...].astype(np.float32) / scale, expected, atol=tolerance)
 
 
+def test_the_store_pass_reports_each_slab_and_stops_between_slabs(tmp_path):
+    probabilities = np.random.default_rng(1).random((2, 12, 6, 5)).astype(np.float32)
+    array = zarr.create_array(str(tmp_path / "p.zarr"), shape=probabilities.shape, dtype="float32", chunks=(1, 3, 6, 5))
+    array[...] = probabilities
+    stop, reports = threading.Event(), []
+
+    def report(done, slabs):
+        reports.append((done, slabs))
+        if done == 2:
+            stop.set()
+
+    assert smooth_store_along_z(array, 1.0, 64, sections=3, report=report, stop_event=stop) is True
+    assert reports == [(1, 4), (2, 4)]
+    np.testing.assert_array_equal(array[:, 6:], probabilities[:, 6:])  # the slabs after the stop: untouched
+
+    model, cfg = tiny()
+    seen = []
+    predict(model, volume(), options(z_smoothing=1.0), cfg=cfg, output=tmp_path / "pred.zarr",
+            progress=[lambda p: seen.append(p.message)])
+    assert "smoothing along z: slab 1/1" in seen
+
+
 def test_z_smoothing_into_a_store_with_dask_and_refusals(tmp_path):
     model, cfg = tiny()
     data = volume()

@@ -528,8 +528,13 @@ def _run(plan: _Plan, writer: OutputWriter | None, address: str | None,
     if cancelled or sigma <= 0:
         return cancelled, result
     if writer is not None:  # filtered in place, slab by slab, before the output is committed
-        writer.smooth_along_z(sigma, plan.options.memory_limit_mb)
-        return False, None
+        def report(done: int, slabs: int) -> None:
+            emit(progress, Progress(plan.units, plan.units, f"smoothing along z: slab {done}/{slabs}",
+                                    stage="predict"))
+
+        stopped = writer.smooth_along_z(sigma, plan.options.memory_limit_mb, report=report,
+                                        stop_event=stop_event)
+        return stopped, None
     assert result is not None
     value_scale = 255.0 if np.dtype(plan.options.output_dtype) == np.uint8 else 1.0
     return False, to_storage(smooth_along_z(result, sigma) / value_scale, plan.options.output_dtype)

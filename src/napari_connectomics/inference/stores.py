@@ -278,11 +278,13 @@ class OutputWriter:
         data = probabilities if stored else to_storage(probabilities, self.dtype)
         self._array[(slice(None), *region)] = data
 
-    def smooth_along_z(self, sigma: float, memory_limit_mb: int) -> None:
-        """Filter the written probabilities along z in place (:mod:`.z_smoothing`), before commit."""
+    def smooth_along_z(self, sigma: float, memory_limit_mb: int, **options: Any) -> bool:
+        """Filter the written probabilities along z in place, before commit; True when stopped
+        (:func:`.z_smoothing.smooth_store_along_z`, which takes ``options``)."""
         from .z_smoothing import smooth_store_along_z
 
-        smooth_store_along_z(self._array, sigma, memory_limit_mb, 255.0 if self.dtype == np.uint8 else 1.0)
+        return smooth_store_along_z(self._array, sigma, memory_limit_mb,
+                                    255.0 if self.dtype == np.uint8 else 1.0, **options)
 
     def sink(self) -> ZarrSink | PrecomputedSink:
         """A picklable writer of the same temporary array, for worker processes (Zarr and

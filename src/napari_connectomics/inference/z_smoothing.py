@@ -11,13 +11,16 @@ A result in memory is filtered whole. An output store is filtered in place after
 before it is committed, in z-slabs spanning the y-x plane, each read with the sections the kernel
 reaches on either side; the original values of the last sections of a slab are kept before they
 are overwritten, for the next slab. So a volume larger than memory is filtered in slabs, with the
-same result as filtering it whole (up to the stored dtype's rounding).
+same result as filtering it whole (up to the stored dtype's rounding). Each slab is reported as
+progress, and Stop is honoured between slabs (the half-filtered output is then discarded).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -63,23 +66,27 @@ def slab_sections(shape: tuple[int, ...], sigma: float, memory_limit_mb: int) ->
 
 
 def smooth_store_along_z(array: Any, sigma: float, memory_limit_mb: int, value_scale: float = 1.0, *,
-                         sections: int | None = None) -> None:
-    """Filter a written (C, z, y, x) probability array in place, slab by slab (see the module doc).
+                         sections: int | None = None, report: Callable[[int, int], None] | None = None,
+                         stop_event: threading.Event | None = None) -> bool:
+    """Filter a written (C, z, y, x) probability array in place, slab by slab (see the module doc);
+    True when ``stop_event`` stopped it (the array is then half filtered: discard it).
 
     ``value_scale``: the stored value of probability 1 (255 for uint8 stores); ``sections``: the
-    slab's thickness (default: what ``memory_limit_mb`` allows, :func:`slab_sections`)."""
+    slab's thickness (default: what ``memory_limit_mb`` allows, :func:`slab_sections`);
+    ``report(slabs done, slabs)`` after each slab."""
     channels, depth = int(array.shape[0]), int(array.shape[1])
-    if sigma <= 0 or depth < 2:
-        return
     radius = kernel_radius(sigma)
-    if radius == 0:
-        return
+    if sigma <= 0 or depth < 2 or radius == 0:
+        return False
     step = sections or slab_sections(tuple(int(n) for n in array.shape), sigma, memory_limit_mb)
     stored = np.dtype(array.dtype)
     logger.info("smoothing %dx%s along z (sigma %g sections) in slabs of %d", channels,
                 shape_text(array.shape[1:]), sigma, step)
     before: np.ndarray | None = None  # original values of the sections just above the slab
-    for start in range(0, depth, step):
+    slabs = -(-depth // step)
+    for index, start in enumerate(range(0, depth, step)):
+        if stop_event is not None and stop_event.is_set():
+            return True
         stop = min(start + step, depth)
         after = min(stop + radius, depth)
         below = np.asarray(array[:, start:after], dtype=np.float32) / value_scale  # still original
@@ -89,3 +96,6 @@ def smooth_store_along_z(array: Any, sigma: float, memory_limit_mb: int, value_s
         smoothed = smooth_along_z(window, sigma)[:, above.shape[1]:end]
         before = window[:, max(0, end - radius):end]
         array[:, start:stop] = to_storage(smoothed, stored)
+        if report is not None:
+            report(index + 1, slabs)
+    return False
