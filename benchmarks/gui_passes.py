@@ -1,6 +1,6 @@
 """How long the GUI thread is blocked when the dock opens and when a panel adds a layer.
 
-Three measurements, in real napari viewers (run under Xvfb on a machine without a display):
+Four measurements, in real napari viewers (run under Xvfb on a machine without a display):
 
 * ``--layers N``: in one viewer whose active layer is a Labels layer being painted, add a
   1 x 256 x 256 preview image N times each way, alternating: napari's way (the new layer gets
@@ -13,6 +13,9 @@ Three measurements, in real napari viewers (run under Xvfb on a machine without 
   bounds at 100 ms, for opening the dock alone.
 * ``--dock-layers N``: N additions (the panels' way) in a viewer without the dock, then N in a fresh
   viewer with the dock open and its engine worker idle: what the dock adds to napari's cost.
+* ``--loop-viewer N``: N additions in the interactive loop's viewer (the Lucchi crop, its scribbles,
+  the dock): idle, while the Train panel trains with its defaults (napari's other Python threads
+  sampled meanwhile: is anything of ours holding the GIL?), and after Stop.
 
     xvfb-run -a -s "-screen 0 1700x1200x24" python benchmarks/gui_passes.py --layers 8 --docks 4
 """
@@ -32,6 +35,7 @@ import numpy as np
 SHAPE = (32, 256, 256)
 TICK_MS = 10
 WATCH_SECONDS = 4.0
+PREVIEW_STYLE = {"colormap": "magenta", "opacity": 0.6, "blending": "additive", "contrast_limits": (0.0, 1.0)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--docks", type=int, default=4, help="fresh processes opening the dock (0: skip)")
     parser.add_argument("--dock-layers", type=int, default=0,
                         help="additions (the panels' way) in a viewer without the dock, then in one with it open")
+    parser.add_argument("--loop-viewer", type=int, default=0,
+                        help="additions in the interactive loop's viewer: idle, while training, after Stop")
     parser.add_argument("--one-dock", action="store_true", help=argparse.SUPPRESS)  # a child of --docks
     return parser.parse_args(argv)
 
@@ -67,7 +73,6 @@ def measure_layers(rounds: int) -> dict[str, Any]:
     viewer, app = viewer_with_layers()
     settle(app, 1.5)
     preview = np.random.default_rng(1).random((1, *SHAPE[1:]), dtype=np.float32)
-    style = {"colormap": "magenta", "opacity": 0.6, "blending": "additive", "contrast_limits": (0.0, 1.0)}
     times: dict[str, list[tuple[float, float]]] = {"napari (select, then restore)": [], "adding_unselected": []}
     for i in range(rounds):
         for way, record in times.items():
@@ -75,9 +80,9 @@ def measure_layers(rounds: int) -> dict[str, Any]:
             started = time.perf_counter()
             if way == "adding_unselected":
                 with adding_unselected(viewer):
-                    viewer.add_image(preview, name=f"preview {i}", **style)
+                    viewer.add_image(preview, name=f"preview {i}", **PREVIEW_STYLE)
             else:
-                viewer.add_image(preview, name=f"preview {i}", **style)
+                viewer.add_image(preview, name=f"preview {i}", **PREVIEW_STYLE)
                 viewer.layers.selection.update(selected)
                 viewer.layers.selection.active = active
             called = time.perf_counter()
@@ -93,35 +98,103 @@ def measure_layers(rounds: int) -> dict[str, Any]:
             for way, r in times.items()}
 
 
-def measure_layers_beside_dock(rounds: int) -> dict[str, Any]:
-    """The panels' addition of a preview image in a viewer without the dock, then in a fresh viewer
-    with the dock open (its engine worker idle): does the dock make napari's layer addition slower?"""
+def time_additions(viewer: Any, app: Any, rounds: int, tag: str) -> dict[str, Any]:
+    """Add (the panels' way) and remove a 1 x 256 x 256 preview ``rounds + 1`` times; the first
+    addition is not counted in the median."""
     from napari_connectomics.widgets.compat import adding_unselected
 
     preview = np.random.default_rng(1).random((1, *SHAPE[1:]), dtype=np.float32)
-    style = {"colormap": "magenta", "opacity": 0.6, "blending": "additive", "contrast_limits": (0.0, 1.0)}
+    calls = []
+    for i in range(rounds + 1):
+        started = time.perf_counter()
+        with adding_unselected(viewer):
+            viewer.add_image(preview, name=f"{tag} {i}", **PREVIEW_STYLE)
+        calls.append((time.perf_counter() - started) * 1000.0)
+        settle(app, 0.3)
+        viewer.layers.remove(f"{tag} {i}")
+        settle(app, 0.3)
+    return {"call_ms_median": round(statistics.median(calls[1:]), 1), "call_ms": [round(c) for c in calls]}
+
+
+def open_dock(viewer: Any, app: Any) -> Any:
+    """The "Connectomics" dock, once its panels are built and its first checks have run."""
+    _, dock = viewer.window.add_plugin_dock_widget("napari-connectomics", "Connectomics")
+    deadline = time.perf_counter() + 60
+    while not dock.ready and time.perf_counter() < deadline:
+        settle(app, 0.1)
+    settle(app, 8.0)  # the dock's first config check and step probe
+    return dock
+
+
+def measure_layers_beside_dock(rounds: int) -> dict[str, Any]:
+    """The panels' addition of a preview image in a viewer without the dock, then in a fresh viewer
+    with the dock open (its engine worker idle): does the dock make napari's layer addition slower?"""
     report = {}
     for with_dock in (False, True):
         viewer, app = viewer_with_layers()
         if with_dock:
-            _, dock = viewer.window.add_plugin_dock_widget("napari-connectomics", "Connectomics")
-            deadline = time.perf_counter() + 60
-            while not dock.ready and time.perf_counter() < deadline:
-                settle(app, 0.1)
-        settle(app, 8.0 if with_dock else 1.5)  # the dock's first config check and step probe
-        calls = []
-        for i in range(rounds + 1):  # the first addition of a viewer is not counted
-            started = time.perf_counter()
-            with adding_unselected(viewer):
-                viewer.add_image(preview, name=f"preview {i}", **style)
-            calls.append((time.perf_counter() - started) * 1000.0)
-            settle(app, 0.3)
-            viewer.layers.remove(f"preview {i}")
-            settle(app, 0.3)
+            open_dock(viewer, app)
+        else:
+            settle(app, 1.5)
+        report["dock open" if with_dock else "no dock"] = time_additions(viewer, app, rounds, "preview")
         viewer.close()
         settle(app, 1.0)
-        report["dock open" if with_dock else "no dock"] = {
-            "call_ms_median": round(statistics.median(calls[1:]), 1), "call_ms": [round(c) for c in calls]}
+    return report
+
+
+def python_threads(samples: int = 60, every_s: float = 0.05) -> dict[str, int]:
+    """What napari's other Python threads are doing: their innermost frames, sampled ``samples`` times."""
+    import collections
+    import threading
+    import traceback
+
+    counts: collections.Counter = collections.Counter()
+    main = threading.main_thread().ident
+    for _ in range(samples):
+        names = {t.ident: t.name for t in threading.enumerate()}
+        for ident, frame in sys._current_frames().items():
+            if ident != main:
+                top = traceback.extract_stack(frame)[-1]
+                counts[f"{names.get(ident, ident)}: {top.name} ({top.filename.rsplit('/', 1)[-1]}:{top.lineno})"] += 1
+        time.sleep(every_s)
+    return dict(counts.most_common())
+
+
+def measure_loop_viewer(rounds: int) -> dict[str, Any]:
+    """The interactive loop's viewer (the Lucchi crop and its scribbles, the dock on the Train tab):
+    additions idle, then while the Train panel trains (with its defaults), with napari's other
+    Python threads sampled meanwhile, then after Stop."""
+    import tempfile
+    from pathlib import Path
+
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    import interactive_loop as loop
+
+    image, truth = loop.load_crop(Path(loop.DATA))
+    viewer = napari.Viewer()
+    app = QApplication.instance()
+    viewer.add_image(image, name=loop.IMAGE_NAME)
+    viewer.add_labels(loop.paint_scribbles(truth), name=loop.LABELS_NAME)
+    dock = open_dock(viewer, app)
+    dock.tabs.setCurrentIndex(1)
+    train = dock.train_panel
+    train.pair_rows[0].image_combo.setCurrentText(loop.IMAGE_NAME)
+    train.pair_rows[0].labels_combo.setCurrentText(loop.LABELS_NAME)
+    train.steps.value = 100_000
+    train.output_dir.value = tempfile.mkdtemp(prefix="gui-passes-")
+    report: dict[str, Any] = {"idle": time_additions(viewer, app, rounds, "idle")}
+    train.train_button.click()
+    loop.wait_until(lambda: loop.IMAGE_NAME + " preview" in viewer.layers, 120)
+    settle(app, 5.0)
+    report["threads while training"] = python_threads()
+    report["training"] = time_additions(viewer, app, rounds, "training")
+    train.stop_button.click()
+    loop.wait_until(lambda: not train.running, 120)
+    settle(app, 2.0)
+    report["after Stop"] = time_additions(viewer, app, rounds, "after")
+    viewer.close()
     return report
 
 
@@ -174,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
         report["add_image"] = measure_layers(args.layers)
     if args.dock_layers:
         report["add_image_beside_dock"] = measure_layers_beside_dock(args.dock_layers)
+    if args.loop_viewer:
+        report["add_image_in_loop_viewer"] = measure_loop_viewer(args.loop_viewer)
     if args.docks:
         docks = measure_docks(args.docks)
         report["open_dock"] = {"longest_gap_ms": [d["longest_gap_ms"] for d in docks], "runs": docks}

@@ -409,14 +409,14 @@ def _write_labels(result: Any, key: str, cfg: Any, method: str, threshold: float
     import numpy as np
 
     from .inference.postprocess import postprocess, postprocess_blockwise
-    from .inference.stores import LabelsWriter, labels_dtype, parse_output
+    from .inference.stores import LabelsWriter, labels_dtype, parse_output, value_scale
 
     from .registry import TARGETS
 
     layout = TARGETS.get(cfg.data.target).channel_layout
     stored = result.probabilities
     shape = tuple(int(n) for n in stored.shape[1:])
-    scale = 255.0 if np.dtype(stored.dtype) == np.uint8 else 1.0
+    scale = value_scale(stored.dtype)
     if hasattr(stored, "file"):  # an open HDF5 dataset: the writer opens the file for appending
         stored.file.close()
     with LabelsWriter(result.output_path, "labels", overwrite=True) as writer:

@@ -521,10 +521,12 @@ def _run(plan: _Plan, writer: OutputWriter | None, address: str | None,
     """Run the planned engine; (cancelled, the in-memory result when there is no writer)."""
     if plan.views:
         return _run_planes(plan, writer, progress, stop_event)
-    cancelled, result = run_engine(plan.model, plan.device, plan.job, plan.source, plan.blocks, plan.slabs,
-                                   plan.shape, plan.options.output_dtype, writer, progress, stop_event,
-                                   scheduler=plan.scheduler, checkpoint=plan.checkpoint, address=address)
     sigma = plan.options.z_smoothing
+    smooth_in_memory = sigma > 0 and writer is None  # then float32 first, stored dtype once at the end
+    cancelled, result = run_engine(plan.model, plan.device, plan.job, plan.source, plan.blocks, plan.slabs,
+                                   plan.shape, "float32" if smooth_in_memory else plan.options.output_dtype,
+                                   writer, progress, stop_event,
+                                   scheduler=plan.scheduler, checkpoint=plan.checkpoint, address=address)
     if cancelled or sigma <= 0:
         return cancelled, result
     if writer is not None:  # filtered in place, slab by slab, before the output is committed
@@ -536,8 +538,7 @@ def _run(plan: _Plan, writer: OutputWriter | None, address: str | None,
                                         stop_event=stop_event)
         return stopped, None
     assert result is not None
-    value_scale = 255.0 if np.dtype(plan.options.output_dtype) == np.uint8 else 1.0
-    return False, to_storage(smooth_along_z(result, sigma) / value_scale, plan.options.output_dtype)
+    return False, to_storage(smooth_along_z(result, sigma), plan.options.output_dtype)
 
 
 def _check_z_smoothing(options: PredictOptions, resume: bool, spec: OutputSpec | None,

@@ -175,11 +175,16 @@ def check_output(spec: OutputSpec, overwrite: bool) -> None:
                          "replace it, or choose another output path")
 
 
+def value_scale(dtype: str | np.dtype) -> float:
+    """The stored value of probability 1: 255 for uint8, 1 for floats."""
+    return 255.0 if np.dtype(dtype) == np.uint8 else 1.0
+
+
 def to_storage(probabilities: np.ndarray, dtype: str | np.dtype) -> np.ndarray:
     """Float probabilities in the stored dtype: uint8 is ``round(p * 255)``, floats are cast."""
     dtype = np.dtype(dtype)
     if dtype == np.uint8:
-        return np.rint(np.clip(probabilities, 0.0, 1.0) * 255.0).astype(np.uint8)
+        return np.rint(np.clip(probabilities, 0.0, 1.0) * value_scale(dtype)).astype(np.uint8)
     return np.asarray(probabilities).astype(dtype, copy=False)
 
 
@@ -240,7 +245,7 @@ class OutputWriter:
             return
         remove(self.temporary)
         attributes = {"axes": "czyx", "dtype": str(self.dtype),
-                      "scale": 255 if self.dtype == np.uint8 else 1, **dict(attrs or {})}
+                      "scale": int(value_scale(self.dtype)), **dict(attrs or {})}
         if spec.kind == "precomputed":
             self._file, self._array = _create_precomputed(self.temporary, spec.key, self.shape,
                                                           self.dtype, self.chunks, attributes,
@@ -283,8 +288,7 @@ class OutputWriter:
         (:func:`.z_smoothing.smooth_store_along_z`, which takes ``options``)."""
         from .z_smoothing import smooth_store_along_z
 
-        return smooth_store_along_z(self._array, sigma, memory_limit_mb,
-                                    255.0 if self.dtype == np.uint8 else 1.0, **options)
+        return smooth_store_along_z(self._array, sigma, memory_limit_mb, value_scale(self.dtype), **options)
 
     def sink(self) -> ZarrSink | PrecomputedSink:
         """A picklable writer of the same temporary array, for worker processes (Zarr and

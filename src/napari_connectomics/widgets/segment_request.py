@@ -683,18 +683,18 @@ def _predict(request: SegmentRequest, model: Any, cfg: Any, store: Path | None, 
 
 def _as_prediction(request: SegmentRequest, info: CheckpointInfo, result: Any,
                    store: Path | None) -> Prediction:
+    from ..inference.stores import value_scale
+
     probabilities = result.probabilities
-    value_scale = 1.0
+    scale = value_scale(probabilities.dtype)  # 1 for the in-memory float32
     if store is None:
         probabilities = np.asarray(probabilities, dtype=np.float32)
         if request.spatial_ndim == 2:
             probabilities = probabilities[:, 0]
-    elif np.dtype(probabilities.dtype) == np.uint8:
-        value_scale = 255.0
     temporary = store is not None and request.store_folder is None
     return Prediction(request.image_name, request.region, probabilities, info, request.scale,
                       request.region.translate(request.scale, request.translate), store,
-                      temporary, value_scale, request.memory_limit_mb)
+                      temporary, scale, request.memory_limit_mb)
 
 
 def run_postprocess(prediction: Prediction, post: PostSettings,
