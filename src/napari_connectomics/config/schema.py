@@ -46,7 +46,7 @@ def knob(
     return field(default=default, metadata=metadata)
 
 
-PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64", "16", "bf16")
+PRECISIONS = ("auto", "32", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64", "16", "bf16")
 
 
 @dataclass
@@ -206,7 +206,9 @@ class TrainingConfig:
     max_epochs: int = knob(100, "epochs to train", minimum=1)
     max_steps: Optional[int] = knob(None, "optimizer steps to train; takes precedence over max_epochs", minimum=1)
     max_time: Optional[str] = knob(None, "wall-clock limit DD:HH:MM:SS (e.g. 00:00:20:00); training stops there")
-    precision: str = knob("32", "Lightning precision", choices=PRECISIONS)
+    precision: str = knob("32", "Lightning precision; auto: bf16-mixed where the device computes bfloat16 "
+                          "natively (a CPU with AVX512-BF16 or AMX, a recent GPU), else 16-mixed on a GPU and 32 on "
+                          "a CPU", choices=PRECISIONS)
     gradient_clip_val: float = knob(0.0, "gradient norm clip (0: off)", minimum=0.0)
     accumulate_grad_batches: int = knob(1, "batches per optimizer step", minimum=1)
     val_check_interval: Optional[int] = knob(None, "validate every N training steps (default: each epoch)", minimum=1)

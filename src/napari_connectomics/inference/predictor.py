@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..models.architectures.base import main_output
+from ..training.precision import autocast_dtype as mixed_precision_dtype
 
 __all__ = ["WindowPredictor", "activate", "activation_for", "autocast_dtype", "model_on",
            "resolve_device", "tta_transforms"]
@@ -55,7 +56,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     U-Net), far more than a float16 output's rounding, for 0-40 % less time (docs/benchmarks.md)."""
     if device.type != "cuda":
         return None
-    return {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(precision)
+    return mixed_precision_dtype(precision)
 
 
 def tta_transforms(spatial_dims: int, window: Sequence[int]) -> list[tuple[tuple[int, ...], int]]:

@@ -26,6 +26,7 @@ from .checkpoint import AtomicCheckpointIO, load_checkpoint, model_state_dict
 from .datamodule import TrainingData, VolumeDataModule
 from .disk import DiskFullError, no_space
 from .module import LOGGED_METRICS, SegmentationModule, monitored_metric
+from .precision import AUTO, resolve_precision
 from .run_data import absolute_spec, record_training_data
 from .result import TrainResult
 from .run_dir import new_run_dir
@@ -150,7 +151,9 @@ def _naming_a_full_disk(run_dir: Path) -> Iterator[None]:
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback], enable_progress_bar: bool) -> L.Trainer:
     """A Lightning Trainer from the config (devices, precision, limits, logging)."""
     accelerator, devices = resolve_devices(cfg)
-    precision = _precision(cfg.training.precision, accelerator)
+    precision = resolve_precision(cfg.training.precision, accelerator)
+    if cfg.training.precision == AUTO:
+        logger.info("training.precision=auto: %s on %s", precision, accelerator.upper())
     strategy = cfg.system.strategy
     if strategy == "auto" and isinstance(devices, int) and devices > 1:
         strategy = "ddp"
@@ -207,13 +210,6 @@ def resolve_devices(cfg: DictConfig) -> tuple[str, int | str]:
     if accelerator == "auto":
         return "cpu", cfg.system.devices or 1
     return accelerator, cfg.system.devices or 1
-
-
-def _precision(precision: str, accelerator: str) -> str:
-    if accelerator == "cpu" and precision in ("16-mixed", "16", "16-true"):
-        logger.warning("training.precision=%s needs a GPU: training in 32-bit on the CPU", precision)
-        return "32-true"
-    return precision
 
 
 def init_from_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> None:
