@@ -117,6 +117,9 @@ def test_what_triplanar_refuses_is_one_line(tmp_path, caplog):
     data = volume()
     refusals = [
         (dict(volume=data[0]), "at least 2 voxels on each axis"),
+        (dict(volume=volume((3, 20, 18))), "predict at least 4 sections"),  # a quarter of the 16 px window
+        (dict(options=options(triplanar=True, window=[64, 64]), volume=volume((15, 70, 70))),
+         "15 px high, too little of the 64 px window"),
         (dict(options=options(triplanar=True, memory_limit_mb=1), volume=volume((40, 64, 64))),
          "raise --memory-limit"),
         (dict(resume=True, output=tmp_path / "p.zarr"), "cannot be resumed"),
@@ -141,6 +144,9 @@ def test_what_triplanar_refuses_is_one_line(tmp_path, caplog):
     with pytest.raises(ValueError, match="3D network") as err:
         predict(model_3d, data, options(triplanar=True), cfg=cfg_3d)
     assert "\n" not in str(err.value)
+
+    thin_but_enough = predict(model, volume((4, 20, 18)), options(triplanar=True), cfg=cfg)
+    assert thin_but_enough.probabilities.shape == (2, 4, 20, 18)
 
     _, anisotropic = tiny("data.voxel_size=[40,4,4]")
     with caplog.at_level(logging.WARNING, logger="napari_connectomics"):

@@ -274,7 +274,7 @@ def _make_plan(checkpoint_or_model: Any, volume: Any, options: PredictOptions | 
         _refuse_input_as_output(source.volume, spec)
     spatial_dims = int(cfg.model.spatial_dims)
     if options.triplanar:
-        check_triplanar(spatial_dims, source, _voxel_size(source, cfg))
+        check_triplanar(spatial_dims, source, _voxel_size(source, cfg), options.window or default_window(cfg))
         check_triplanar_run(scheduler, resume, source.shape, int(cfg.model.out_channels),
                             options.memory_limit_mb)
     if options.z_smoothing > 0:

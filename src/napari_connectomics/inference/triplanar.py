@@ -23,7 +23,7 @@ import numpy as np
 from ..progress import Progress, ProgressCallback, emit
 from .input import VolumeInput, shape_text
 
-__all__ = ["ANISOTROPY_WARNING", "PLANES", "check_triplanar", "check_triplanar_run", "offset_progress",
+__all__ = ["ANISOTROPY_WARNING", "MIN_PLANE_HEIGHT_SHARE", "PLANES", "check_triplanar", "check_triplanar_run", "offset_progress",
            "to_volume_order", "triplanar_bytes"]
 
 logger = logging.getLogger(__name__)
@@ -32,10 +32,16 @@ logger = logging.getLogger(__name__)
 PLANES: dict[str, tuple[int, int, int]] = {"xy": (0, 1, 2), "xz": (1, 0, 2), "yz": (2, 0, 1)}
 # z spacing / in-plane spacing from which the xz and yz planes look unlike the xy sections
 ANISOTROPY_WARNING = 1.5
+# The xz and yz planes are as high as the region has sections; below this share of the window the
+# network learnt on they mislead it: on Lucchi, planes 64 high for a 256 px window lifted the IoU
+# (0.873 against 0.859 for xy alone), 32 high gave an empty segmentation (0.0 against 0.74).
+MIN_PLANE_HEIGHT_SHARE = 0.25
 
 
-def check_triplanar(spatial_dims: int, source: VolumeInput, voxel_size: Sequence[float]) -> None:
-    """One-line refusals for inputs tri-planar prediction cannot take; a warning for anisotropy."""
+def check_triplanar(spatial_dims: int, source: VolumeInput, voxel_size: Sequence[float],
+                    window: Sequence[int]) -> None:
+    """One-line refusals for inputs tri-planar prediction cannot take (``window``: the 2D network's
+    window, whose height the xz and yz planes should reach); a warning for anisotropy."""
     if spatial_dims != 2:
         raise ValueError("tri-planar prediction runs a 2D network on xy, xz and yz planes but this "
                          "checkpoint holds a 3D network; drop triplanar (--triplanar)")
@@ -43,6 +49,12 @@ def check_triplanar(spatial_dims: int, source: VolumeInput, voxel_size: Sequence
         raise ValueError(f"tri-planar prediction needs a volume (region) with at least 2 voxels on "
                          f"each axis, not {shape_text(source.shape)}; predict a z-stack, or drop "
                          "triplanar (--triplanar)")
+    height = min(int(n) for n in window[-2:])
+    needed = math.ceil(MIN_PLANE_HEIGHT_SHARE * height)
+    if source.shape[0] < needed:
+        raise ValueError(f"tri-planar prediction of {source.shape[0]} sections: its xz and yz planes would be "
+                         f"{source.shape[0]} px high, too little of the {height} px window the network learnt "
+                         f"on; predict at least {needed} sections (a larger --roi) or drop triplanar (--triplanar)")
     z, y, x = (float(v) for v in voxel_size)
     if z >= ANISOTROPY_WARNING * min(y, x):
         logger.warning("tri-planar prediction on anisotropic voxels (z-y-x %s): the xz and yz planes "
