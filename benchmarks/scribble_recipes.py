@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                    "train_loss": round(float(metrics.get("train/loss", float("nan"))), 4),
                    "val_loss": round(float(metrics.get("val/loss", float("nan"))), 4)}
             print(json.dumps(row), flush=True)
+            if trainer.global_step >= steps[-1]:  # also when an override raised training.max_steps
+                trainer.should_stop = True
 
     print(json.dumps({"overrides": list(args.overrides), "context": args.context,
                       "background_share": args.background_share, "config": OmegaConf.to_container(prepared.cfg.model)}))

@@ -6,6 +6,10 @@
 - the per-sample cost of each augmentation alone, against no augmentation.
 
     python benchmarks/train_overhead.py --config examples/lucchi_cpu.yaml --steps 40
+    python benchmarks/train_overhead.py --precisions 32,auto --workers 0 --samples 0   # bfloat16 on this CPU?
+
+``--precisions`` runs both loops once per ``training.precision`` (``auto`` resolved as training
+resolves it: bf16-mixed on a CPU with AVX512-BF16 or AMX, else 32).
 
 The volume is the config's (the Lucchi stack when ../shared/data is present), else the synthetic
 sample. Figures go to stdout as Markdown.
@@ -29,6 +33,7 @@ from napari_connectomics.models import build_model
 from napari_connectomics.models.losses import build_loss
 from napari_connectomics.training import TrainingData, train
 from napari_connectomics.training.optim import build_optimizer
+from napari_connectomics.training.precision import autocast_dtype, resolve_precision
 
 logger = logging.getLogger("train_overhead")
 AUGMENTATIONS = ("flip", "rotate90", "affine", "elastic", "intensity", "noise", "missing_section",
@@ -44,7 +49,9 @@ class StepClock(L.Callback):
 
 
 def bare_loop(cfg, steps: int, warmup: int) -> float:
-    """Steps per second of forward + loss + backward + AdamW on pre-made tensors."""
+    """Steps per second of forward + loss + backward + AdamW on pre-made tensors, in the config's
+    precision (autocast as Lightning does it)."""
+    dtype = autocast_dtype(resolve_precision(cfg.training.precision, "cpu"))
     torch.manual_seed(0)
     model = build_model(cfg).train()
     loss_fn = build_loss(cfg)
@@ -55,7 +62,8 @@ def bare_loop(cfg, steps: int, warmup: int) -> float:
     times = []
     for _ in range(warmup + steps):
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = loss_fn(model(x), y)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            loss, _ = loss_fn(model(x), y)
         loss.backward()
         optimizer.step()
         times.append(time.perf_counter())
@@ -104,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="examples/lucchi_cpu.yaml")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--samples", type=int, default=40, help="samples per augmentation timing")
+    parser.add_argument("--samples", type=int, default=40, help="samples per augmentation timing (0: skip)")
+    parser.add_argument("--precisions", default=None, help="comma list of training.precision values to compare "
+                        "(default: the config's)")
+    parser.add_argument("--workers", default="0,1", help="comma list of loader worker counts for our loop")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
 
@@ -119,17 +130,24 @@ def main(argv: list[str] | None = None) -> int:
         source = f"{cfg.data.train_image} {open_volume(cfg.data.train_image).shape}"
     torch.set_num_threads(cfg.system.torch_threads or torch.get_num_threads())
 
-    bare = bare_loop(cfg, args.steps, args.warmup)
-    rows = [("bare PyTorch loop, tensors in memory", bare)]
-    for workers in (0, 1):
-        rows.append((f"ours (train(), {workers} loader worker{'s' if workers != 1 else ''})",
-                     our_loop(cfg, data, args.steps, args.warmup, workers)))
+    precisions = args.precisions.split(",") if args.precisions else [str(cfg.training.precision)]
+    rows = []
+    for precision in precisions:
+        run_cfg = _with(cfg, [f"training.precision={precision}"])
+        shown = precision if precision != "auto" else f"auto = {resolve_precision(precision, 'cpu')}"
+        rows.append((f"bare PyTorch loop, tensors in memory, {shown}", bare_loop(run_cfg, args.steps, args.warmup)))
+        for workers in (int(n) for n in args.workers.split(",")):
+            rows.append((f"ours (train(), {workers} loader worker{'s' if workers != 1 else ''}), {shown}",
+                         our_loop(run_cfg, data, args.steps, args.warmup, workers)))
+    bare = rows[0][1]
     print(f"Config {args.config}, data {source}, batch {cfg.data.batch_size} x {list(cfg.data.patch_size)}, "
           f"{args.steps} timed steps after {args.warmup}, torch threads {torch.get_num_threads()}\n")
-    print("| loop | steps/s | vs bare |")
+    print("| loop | steps/s | vs the first row |")
     print("| --- | ---: | ---: |")
     for name, rate in rows:
         print(f"| {name} | {rate:.2f} | {rate / bare:.2f}x |")
+    if args.samples < 1:
+        return 0
     costs = augmentation_costs(cfg, data, args.samples)
     print("\n| augmentation (probability 1, alone) | ms per sample | added ms |")
     print("| --- | ---: | ---: |")
