@@ -14,10 +14,9 @@ from typing import Any
 import torch
 
 from ..models.architectures.base import main_output
-from ..training.precision import autocast_dtype as mixed_precision_dtype
 
-__all__ = ["WindowPredictor", "activate", "activation_for", "autocast_dtype", "model_on",
-           "resolve_device", "tta_transforms"]
+__all__ = ["MIXED_PRECISION_DTYPES", "WindowPredictor", "activate", "activation_for", "autocast_dtype",
+           "model_on", "resolve_device", "tta_transforms"]
 
 
 def activation_for(cfg: Any) -> str:
@@ -49,6 +48,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+# Lightning's mixed precisions and the dtype each autocasts to (training reads this too)
+MIXED_PRECISION_DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The dtype the forward pass autocasts to, or None for float32: only on a CUDA GPU (a CPU's
     float16/bfloat16 convolutions are slower than float32 there). Not the default: on an H200,
@@ -56,7 +59,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     U-Net), far more than a float16 output's rounding, for 0-40 % less time (docs/benchmarks.md)."""
     if device.type != "cuda":
         return None
-    return mixed_precision_dtype(precision)
+    return MIXED_PRECISION_DTYPES.get(precision)
 
 
 def tta_transforms(spatial_dims: int, window: Sequence[int]) -> list[tuple[tuple[int, ...], int]]:

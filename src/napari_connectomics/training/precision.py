@@ -13,6 +13,8 @@ import logging
 
 import torch
 
+from ..inference.predictor import MIXED_PRECISION_DTYPES
+
 __all__ = ["AUTO", "autocast_dtype", "cpu_computes_bf16", "resolve_precision"]
 
 logger = logging.getLogger(__name__)
@@ -45,8 +47,4 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a resolved mixed precision (None: no autocast)."""
-    if precision == "bf16-mixed":
-        return torch.bfloat16
-    if precision == "16-mixed":
-        return torch.float16
-    return None
+    return MIXED_PRECISION_DTYPES.get(precision)
