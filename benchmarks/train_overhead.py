@@ -33,7 +33,7 @@ from napari_connectomics.models import build_model
 from napari_connectomics.models.losses import build_loss
 from napari_connectomics.training import TrainingData, train
 from napari_connectomics.training.optim import build_optimizer
-from napari_connectomics.training.precision import autocast_dtype, resolve_precision
+from napari_connectomics.training.precision import resolve_precision, training_autocast
 
 logger = logging.getLogger("train_overhead")
 AUGMENTATIONS = ("flip", "rotate90", "affine", "elastic", "intensity", "noise", "missing_section",
@@ -51,7 +51,6 @@ class StepClock(L.Callback):
 def bare_loop(cfg, steps: int, warmup: int) -> float:
     """Steps per second of forward + loss + backward + AdamW on pre-made tensors, in the config's
     precision (autocast as Lightning does it)."""
-    dtype = autocast_dtype(resolve_precision(cfg.training.precision, "cpu"))
     torch.manual_seed(0)
     model = build_model(cfg).train()
     loss_fn = build_loss(cfg)
@@ -62,7 +61,7 @@ def bare_loop(cfg, steps: int, warmup: int) -> float:
     times = []
     for _ in range(warmup + steps):
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+        with training_autocast(cfg.training.precision, torch.device("cpu")):
             loss, _ = loss_fn(model(x), y)
         loss.backward()
         optimizer.step()

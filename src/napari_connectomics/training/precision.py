@@ -15,7 +15,7 @@ import torch
 
 from ..inference.predictor import MIXED_PRECISION_DTYPES
 
-__all__ = ["AUTO", "autocast_dtype", "cpu_computes_bf16", "resolve_precision"]
+__all__ = ["AUTO", "autocast_dtype", "cpu_computes_bf16", "resolve_precision", "training_autocast"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,3 +48,10 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a resolved mixed precision (None: no autocast)."""
     return MIXED_PRECISION_DTYPES.get(precision)
+
+
+def training_autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The autocast context a run in ``precision`` trains under on ``device`` (disabled when it
+    resolves to no mixed precision), for loops that time a step outside Lightning."""
+    dtype = autocast_dtype(resolve_precision(precision, "gpu" if device.type == "cuda" else "cpu"))
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)

@@ -113,7 +113,7 @@ def measure_step(cfg: Any, timed_steps: int = TIMED_STEPS, budget: float = PROBE
     from ..models.build import build_model
     from ..models.losses import build_loss
     from ..training.optim import build_optimizer
-    from ..training.precision import autocast_dtype, resolve_precision
+    from ..training.precision import training_autocast
 
     device = _device(str(cfg.system.accelerator), torch)
     spec = get_architecture_spec(cfg.model.architecture)
@@ -129,12 +129,11 @@ def measure_step(cfg: Any, timed_steps: int = TIMED_STEPS, budget: float = PROBE
     generator = torch.Generator().manual_seed(0)
     image = torch.randn(batch, network_in_channels(cfg), *patch, generator=generator).to(device)
     label = torch.randint(0, max(2, int(cfg.model.out_channels)), (batch, 1, *patch), generator=generator).to(device)
-    dtype = autocast_dtype(resolve_precision(cfg.training.precision, "gpu" if device.type == "cuda" else "cpu"))
 
     def step() -> float:
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with training_autocast(cfg.training.precision, device):
             outputs = model(image)
         loss, _ = criterion(outputs, label)
         loss.backward()
