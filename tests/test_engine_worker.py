@@ -64,11 +64,13 @@ def shared_blocks() -> list[Path]:
 
 
 def test_the_first_preview_rule():
-    assert first_preview_seconds(0.5, 5) == 6.0  # due after 5 s, then the step in flight and the preview
-    assert first_preview_seconds(20, 5) == 80.0  # the first step (x2) already passes the due time
+    assert first_preview_seconds(0.5, 5) == 1.5  # after the first step (x2, Lightning warms up), then its prediction
+    assert first_preview_seconds(20, 5) == 60.0
+    assert first_preview_seconds(20, 0) == 40.0  # no previews: the first loss point
     assert slow_start_warning(StepTime(0.5, "CPU"), 5) is None
-    warning = slow_start_warning(StepTime(20, "CPU"), 5)
-    assert warning.startswith("The first preview will take about 80 s (~20 s per training step on CPU)")
+    assert slow_start_warning(StepTime(20, "CPU"), 5) is None  # a minute: no warning yet
+    warning = slow_start_warning(StepTime(25, "CPU"), 5)
+    assert warning.startswith("The first preview will take about 75 s (~25 s per training step on CPU)")
     assert "\n" not in warning
     assert "first loss point" in slow_start_warning(StepTime(40, "CPU"), 0)
     assert StepTime(0.4512, "GPU").text() == "~0.45 s per training step on GPU"
@@ -234,7 +236,7 @@ def test_the_train_panel_warns_when_the_first_preview_is_over_a_minute_away(make
     key = probe_key(panel._probe_config())
     panel._step_times[key] = StepTime(40.0, "CPU")  # as a 3D network on a CPU would measure
     panel.preview_every.value = 10
-    assert panel.slow_warning.isVisibleTo(panel) and "about 3 min" in panel.slow_warning.text()
+    assert panel.slow_warning.isVisibleTo(panel) and "about 2 min" in panel.slow_warning.text()
     assert "~40 s per training step on CPU" in panel.slow_warning.text()
     panel._step_times[key] = StepTime(0.5, "CPU")
     panel.preview_every.value = 5

@@ -158,6 +158,7 @@ def test_cancel_stops_waiting(workflow, qtbot):
 
 
 def test_preview_cadence_is_timed():
+    assert preview_due(now=0.1, last_end=None, last_cost=0.0, every=5, moved=False)  # a run's first step
     assert not preview_due(now=3.0, last_end=0.0, last_cost=0.1, every=5, moved=False)
     assert preview_due(now=5.0, last_end=0.0, last_cost=0.1, every=5, moved=False)
     assert preview_due(now=0.5, last_end=0.0, last_cost=0.1, every=5, moved=True)  # another section

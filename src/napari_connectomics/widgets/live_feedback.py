@@ -3,8 +3,9 @@
 Both are Lightning callbacks that run in the training thread between two steps, so they see a
 consistent model and never slow a step down; torch and Lightning are imported when they are made.
 
-- The preview predicts the section being viewed every :data:`PREVIEW_SECONDS` (and at once when
-  the user moves to another section), not every N steps: a step takes 0.05 s on a GPU and 20 s
+- The preview predicts the section being viewed after a run's first step (so the user sees at once
+  where it will show, and the untrained start it improves from), then every :data:`PREVIEW_SECONDS`
+  (and at once when the user moves to another section), not every N steps: a step takes 0.05 s on a GPU and 20 s
   for a 3D network on a CPU, and the user wants to see the network learn every few seconds
   either way. It sends the foreground probability (0-1) and its binary entropy (0-1, high where
   the network is unsure: where painting helps next).
@@ -72,10 +73,11 @@ def binary_entropy(probability: np.ndarray) -> np.ndarray:
     return (-(p * np.log2(p) + (1 - p) * np.log2(1 - p))).astype(np.float32)
 
 
-def preview_due(now: float, last_end: float, last_cost: float, every: float, moved: bool) -> bool:
-    """A preview is due when the viewed section changed, or ``every`` seconds after the last one
-    ended, stretched so previews take at most :data:`PREVIEW_MAX_SHARE` of the time."""
-    if moved:
+def preview_due(now: float, last_end: float | None, last_cost: float, every: float, moved: bool) -> bool:
+    """A preview is due after a run's first step (``last_end`` None), when the viewed section
+    changed, or ``every`` seconds after the last one ended, stretched so previews take at most
+    :data:`PREVIEW_MAX_SHARE` of the time."""
+    if moved or last_end is None:
         return True
     return now - last_end >= max(every, last_cost * (1 - PREVIEW_MAX_SHARE) / PREVIEW_MAX_SHARE)
 
@@ -101,12 +103,12 @@ def make_preview_callback(image: Any, cfg: Any, every_seconds: float, target: An
     class LivePreview(L.Callback):
         def __init__(self) -> None:
             self.failed = False
-            self.last_end = time.monotonic()
+            self.last_end: float | None = None
             self.last_cost = 0.0
             self.last_region: tuple[slice, ...] | None = None
 
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-            self.last_end = time.monotonic()  # the first preview comes every_seconds after the start
+            self.last_end = None  # the first preview comes after the run's first step
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             if self.failed:

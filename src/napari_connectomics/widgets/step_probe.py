@@ -8,8 +8,8 @@ device the config trains on. It imports torch, so the panels run it in the engin
 rest of this module (the config, the key, the text) is torch-free.
 
 The rule for the Train panel's warning (stated once, in :func:`first_preview_seconds`): the first
-preview shows about ``max(preview_every, 2 * step) + 2 * step`` seconds after Train (the worker
-has already started and imported torch when the panel opened).
+preview shows about ``3 * step`` seconds after Train (the worker has already started and imported
+torch when the panel opened).
 """
 
 from __future__ import annotations
@@ -60,12 +60,12 @@ class StepTime:
 def first_preview_seconds(step_seconds: float, preview_every: float = PREVIEW_SECONDS) -> float:
     """Seconds from Train to the first preview (``preview_every`` 0: to the first loss point).
 
-    The preview is due ``preview_every`` seconds after training starts and is drawn after the step
-    in flight; the first step counts double (Lightning warms up), and the preview's own prediction
-    costs about a step: ``max(preview_every, 2 * step) + 2 * step``.
+    The first preview is drawn after a run's first step, which counts double (Lightning warms up),
+    and its own prediction costs about a step: ``3 * step``; without previews the first loss point
+    comes after the first step, ``2 * step``.
     """
     step = max(0.0, float(step_seconds))
-    return max(float(preview_every), 2 * step) + 2 * step
+    return (3 if preview_every > 0 else 2) * step
 
 
 def slow_start_warning(step: StepTime, preview_every: float = PREVIEW_SECONDS) -> str | None:
