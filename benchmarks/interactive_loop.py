@@ -54,6 +54,7 @@ voxels and predicts the whole crop; feature, fit and predict seconds and the sam
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -565,6 +566,10 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data).resolve()
     if not data.is_file():
         print(f"interactive_loop: {data} is missing (the Lucchi training stack); nothing measured")
+        return 1
+    if not args.skip_forest and importlib.util.find_spec("sklearn") is None:
+        print("interactive_loop: the random-forest anchor needs scikit-learn: pip install -e '.[bench]', "
+              "or pass --skip-forest")
         return 1
     image, truth = load_crop(data)
     painted = paint_scribbles(truth)
