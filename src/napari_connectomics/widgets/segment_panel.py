@@ -37,6 +37,7 @@ from .background import BackgroundJob
 from .compat import adding_unselected, viewer_camera
 from .dock_watch import watch_dock
 from .event_passes import in_a_later_pass
+from .later_progress import LaterProgress
 from .forms import ConfigForm
 from .live_feedback import PREVIEW_MARK
 from .notify import UserError, describe_error, notify_error, show_info, show_warning
@@ -124,7 +125,7 @@ class SegmentPanel(QWidget):
         self._infos: dict[str, CheckpointInfo] = {}
         self._offered_checkpoint: str | None = None
         self._temporary_stores: set[str] = set()
-        self._progress: Any = None
+        self._progress = LaterProgress(self)  # napari's bar opens a pass after the press (later_progress)
         self._post_pending = False
         self._running_request: SegmentRequest | None = None
         self._showing = False  # a finished run's layers are being added (one per event-loop pass)
@@ -796,21 +797,15 @@ class SegmentPanel(QWidget):
     # ----------------------------------------------------------------------------------------
 
     def _open_progress(self, description: str, cancelable: bool = True) -> None:
-        """A napari progress bar (activity dock); a segmentation's one has a working Cancel."""
-        self._close_progress()
+        """A napari progress bar (activity dock), a pass later; a segmentation's one has a working
+        Cancel."""
         if cancelable:
-            self._progress = cancelable_progress(total=0, desc=description,
-                                                 cancel_callback=self.cancel)
+            self._progress.open(lambda: cancelable_progress(total=0, desc=description, cancel_callback=self.cancel))
         else:
-            self._progress = napari_progress(total=0, desc=description)
+            self._progress.open(lambda: napari_progress(total=0, desc=description))
 
     def _close_progress(self) -> None:
-        if self._progress is not None:
-            try:
-                self._progress.close()
-            except Exception:  # the activity dock may be gone with the viewer
-                logger.debug("closing the progress bar failed", exc_info=True)
-            self._progress = None
+        self._progress.close()
 
     def _on_events(self, events: list[Any]) -> None:
         updates = [event for event in events if isinstance(event, Progress)]
@@ -819,7 +814,7 @@ class SegmentPanel(QWidget):
         latest = updates[-1]
         if latest.message:
             self.status_label.value = latest.message
-        bar = self._progress
+        bar = self._progress.bar
         if bar is None:
             return
         total = int(latest.total or 0)

@@ -58,6 +58,7 @@ from .compat import adding_unselected, viewer_camera
 from .defaults import fit_patch
 from .dock_watch import watch_dock
 from .event_passes import GUI_SWITCH_INTERVAL, deferred_call, in_a_later_pass
+from .later_progress import LaterProgress
 from .forms import knob_value, knob_widget
 from .live_feedback import PREVIEW_MARK, PREVIEW_SECONDS, PreviewUpdate, WeightsSaved
 from .loss_plot import LossPlot
@@ -278,7 +279,7 @@ class TrainPanel(QWidget):
         self.last_result: Any = None
         self.run_dir: Path | None = None
         self._finished: _FinishedRun | None = None
-        self.progress_bar: Any = None
+        self._progress = LaterProgress(self)  # napari's bar opens a pass after the press (later_progress)
         self._progress_first_step = 0
         self._stopping = False
         self._preview_source: Any = None
@@ -992,12 +993,17 @@ class TrainPanel(QWidget):
             self.status.setText("Stopping after the step in flight…")
             self._update_buttons()
 
+    @property
+    def progress_bar(self) -> Any:
+        """napari's progress bar of the run (None until it opened, a pass after the press)."""
+        return self._progress.bar
+
     def _launch(self, work: Any, steps: int, first_step: int, preview_every: int) -> None:
         from napari.utils import progress
 
         self._stopping = False
         self._progress_first_step = first_step
-        self.progress_bar = progress(total=steps, desc="Training")
+        self._progress.open(lambda: progress(total=steps, desc="Training"))
         self._launched_preview_every = preview_every
         self.preview_has_foreground = None
         self.worker_labels_applied = 0
@@ -1159,9 +1165,7 @@ class TrainPanel(QWidget):
         self._start_probe()  # choices edited during the run are measured now
 
     def _finish_progress(self) -> None:
-        if self.progress_bar is not None:
-            self.progress_bar.close()
-            self.progress_bar = None
+        self._progress.close()
 
     def _update_buttons(self) -> None:
         """No double start (here, or in another Train panel of the viewer while this one trains);

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import faulthandler
 import logging
 import os
 import sys
@@ -395,6 +396,7 @@ def main(argv: list[str] | None = None) -> None:
     from multiprocessing.connection import Connection
 
     args = sys.argv[1:] if argv is None else argv
+    faulthandler.enable()  # a crash of torch's native code prints every thread's Python stack to stderr
     logging.basicConfig(level=logging.WARNING, format="[engine worker] %(levelname)s %(name)s: %(message)s")
     from ..training.quiet import quiet_libraries
 
