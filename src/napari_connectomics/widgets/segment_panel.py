@@ -37,8 +37,8 @@ from .background import BackgroundJob
 from .compat import adding_unselected, viewer_camera
 from .dock_watch import watch_dock
 from .event_passes import in_a_later_pass
-from .later_progress import LaterProgress
 from .forms import ConfigForm
+from .later_progress import LaterProgress
 from .live_feedback import PREVIEW_MARK
 from .notify import UserError, describe_error, notify_error, show_info, show_warning
 from .segment_request import (
@@ -639,7 +639,7 @@ class SegmentPanel(QWidget):
 
     def _finish_run(self) -> None:
         self._running_request = None
-        self._close_progress()
+        self._progress.close()
         self._release_session()
         self._update_state()
 
@@ -694,7 +694,7 @@ class SegmentPanel(QWidget):
         self._update_state()
 
     def _on_post_done(self, prediction: Prediction, labels: LabelsResult) -> None:
-        self._close_progress()
+        self._progress.close()
         if prediction is self.prediction and self.alive():
             try:
                 self._show_labels(prediction, labels)
@@ -706,7 +706,7 @@ class SegmentPanel(QWidget):
         self._after_post()
 
     def _on_post_error(self, error: BaseException) -> None:
-        self._close_progress()
+        self._progress.close()
         message = notify_error(error, "Post-processing")
         if self.alive():
             self.status_label.value = message
@@ -803,9 +803,6 @@ class SegmentPanel(QWidget):
             self._progress.open(lambda: cancelable_progress(total=0, desc=description, cancel_callback=self.cancel))
         else:
             self._progress.open(lambda: napari_progress(total=0, desc=description))
-
-    def _close_progress(self) -> None:
-        self._progress.close()
 
     def _on_events(self, events: list[Any]) -> None:
         updates = [event for event in events if isinstance(event, Progress)]

@@ -58,8 +58,8 @@ from .compat import adding_unselected, viewer_camera
 from .defaults import fit_patch
 from .dock_watch import watch_dock
 from .event_passes import GUI_SWITCH_INTERVAL, deferred_call, in_a_later_pass
-from .later_progress import LaterProgress
 from .forms import knob_value, knob_widget
+from .later_progress import LaterProgress
 from .live_feedback import PREVIEW_MARK, PREVIEW_SECONDS, PreviewUpdate, WeightsSaved
 from .loss_plot import LossPlot
 from .notify import UserError, describe_error, notify_error, show_info, show_warning
@@ -535,7 +535,7 @@ class TrainPanel(QWidget):
         self.legend.set_layer(None)
         self._annotation_timer.stop()
         self._probe_timer.stop()
-        self._finish_progress()
+        self._progress.close()
         self._release_switch_interval()
         self._guard.close()
 
@@ -1113,7 +1113,7 @@ class TrainPanel(QWidget):
 
     def _on_done(self, outcome: Any) -> None:
         prepared, result = outcome
-        self._finish_progress()
+        self._progress.close()
         self.last_result = result
         self.run_dir = Path(result.run_dir)
         checkpoint = result.best_checkpoint or result.last_checkpoint
@@ -1131,7 +1131,7 @@ class TrainPanel(QWidget):
         self._end_job()
 
     def _on_error(self, error: BaseException) -> None:
-        self._finish_progress()
+        self._progress.close()
         if isinstance(error, WorkerDied) and not error.announce:  # another panel notified this death
             message = describe_error(error, "Training")
         else:
@@ -1163,9 +1163,6 @@ class TrainPanel(QWidget):
         self.session.training = ""  # last: the Segment panel may start on it, with busy and checkpoint set
         self._update_buttons()
         self._start_probe()  # choices edited during the run are measured now
-
-    def _finish_progress(self) -> None:
-        self._progress.close()
 
     def _update_buttons(self) -> None:
         """No double start (here, or in another Train panel of the viewer while this one trains);
