@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 from conftest import tiny_checkpoint
 
 from napari_connectomics.config import load_config
+from napari_connectomics.data.synthetic import make_synthetic_em
 from napari_connectomics.progress import Progress
 from napari_connectomics.widgets import shared_array
 from napari_connectomics.widgets.segment_request import (
@@ -26,6 +28,7 @@ from napari_connectomics.widgets.segment_request import (
     run_segmentation,
     whole_region,
 )
+from napari_connectomics.widgets.training_request import PairChoice, TrainChoices, build_config
 from napari_connectomics.widgets.step_probe import (
     StepTime,
     first_preview_seconds,
@@ -91,6 +94,47 @@ def test_count_and_probe_in_the_worker_match_this_process(engine):
         assert engine.call("count", cfg, quiet=True) == count_parameters(cfg)
     step = engine.call("probe", probe_config(load_config(overrides=TINY_2D)), quiet=True)
     assert isinstance(step, StepTime) and step.device == "CPU" and 0 < step.seconds < 60 and not step.rough
+
+
+def test_a_probe_asked_while_a_run_trains_is_timed_after_the_run(engine, tmp_path):
+    """Timed beside a run, a step would measure the contention (and two threads of torch work
+    would share the process): the probe waits for the run to end."""
+    sample = make_synthetic_em(shape=(16, 64, 64), seed=3)
+    labels = np.zeros(sample.mitochondria.shape, np.uint8)
+    labels[2] = np.where(sample.mitochondria[2] > 0, 2, 1)
+    choices = TrainChoices(pairs=[PairChoice("painted", sample.image.copy(), labels)],
+                           knobs={"data": {"patch_size": [64, 64], "batch_size": 2},
+                                  "training": {"max_steps": 100_000, "output_dir": str(tmp_path / "runs")},
+                                  "system": {"accelerator": "cpu"}})
+    cfg = build_config(load_config(overrides=TINY_2D), choices)
+    stop, stepped, ended = threading.Event(), threading.Event(), {}
+
+    def report(event):
+        if isinstance(event, Progress) and event.stage == "train":
+            stepped.set()
+
+    def train():
+        engine.run({"choices": choices, "cfg": cfg, "preview_every": 0}, report, stop)
+        ended["train"] = time.monotonic()
+
+    def probe():
+        ended["probe"] = engine.call("probe", probe_config(load_config(overrides=TINY_2D)), quiet=True), time.monotonic()
+
+    threads = [threading.Thread(target=train)]
+    threads[0].start()
+    try:
+        assert stepped.wait(WAIT_MS / 1000), "the run made no step"
+        threads.append(threading.Thread(target=probe))
+        threads[1].start()
+        threads[1].join(3.0)
+        assert "probe" not in ended  # still waiting for the run
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(WAIT_MS / 1000)
+    step, probed_at = ended["probe"]
+    assert isinstance(step, StepTime) and step.seconds > 0
+    assert probed_at > ended["train"] - 1.0  # the run's "done" and the probe's result race only in the pipe
 
 
 def test_errors_come_back_as_one_line(engine, tmp_path):

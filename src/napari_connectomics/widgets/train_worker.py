@@ -227,6 +227,10 @@ class _Server:
         self.send_lock = threading.Lock()
         self.lock = threading.Lock()
         self.probe_lock = threading.Lock()
+        # A step probe waits while a run trains: timed beside it, a step measures the contention,
+        # and two threads of torch work in one process are a risk nothing needs to take here.
+        self.not_training = threading.Event()
+        self.not_training.set()
         self.running: dict[Any, _Running] = {}
 
     def send(self, tag: str, rid: Any, payload: Any = None) -> None:
@@ -313,6 +317,7 @@ class _Server:
         return run_quick("count", cfg)
 
     def do_probe(self, cfg: Any, running: _Running, report: Any) -> Any:
+        self.not_training.wait()
         with self.probe_lock:
             return run_quick("probe", cfg)
 
@@ -337,6 +342,13 @@ class _Server:
                 detach(block)
 
     def do_train(self, request: dict[str, Any], running: _Running, report: Any) -> Any:
+        self.not_training.clear()
+        try:
+            return self._train(request, running, report)
+        finally:
+            self.not_training.set()
+
+    def _train(self, request: dict[str, Any], running: _Running, report: Any) -> Any:
         from ..training.callbacks import LabelUpdates
         from .training_request import Notice, prepare_run, run_training, summarize_labels
 
