@@ -216,6 +216,24 @@ def test_postprocess_in_memory_follows_the_settings():
         run_postprocess(prediction, PostSettings("none", 1.5, 0))
 
 
+def test_an_empty_result_says_whether_the_threshold_hid_an_undecided_model():
+    from napari_connectomics.widgets.segment_panel import _count_text
+
+    undecided = _probabilities()
+    undecided[1] *= 0.45 / undecided[1].max()  # ranked right, nothing above 0.5
+    undecided[0] = 1 - undecided[1]
+    result = run_postprocess(_prediction(undecided), PostSettings("none", 0.5, 0))
+    assert not result.labels.any() and result.largest_foreground == pytest.approx(0.45, abs=1e-6)
+    text = _count_text(result)
+    assert "nothing above the threshold 0.5" in text and "0.45" in text and "lower the threshold" in text
+    lowered = run_postprocess(_prediction(undecided), PostSettings("none", 0.3, 0))
+    assert lowered.labels.any() and lowered.largest_foreground is None
+    assert _count_text(lowered).startswith("mask with")
+    removed = run_postprocess(_prediction(_probabilities()), PostSettings("cc", 0.5, 10**9))  # all under min_size
+    assert not removed.labels.any() and removed.largest_foreground > 0.5
+    assert _count_text(removed) == "0 objects"
+
+
 def _stored(tmp_path, probabilities, dtype="float16"):
     store = tmp_path / "pred.zarr"
     group = zarr.open_group(str(store), mode="w")

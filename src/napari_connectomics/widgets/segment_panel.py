@@ -615,8 +615,7 @@ class SegmentPanel(QWidget):
             return
         if previous is not None and previous is not prediction:
             self._collect_stores()
-        self.status_label.value = (f"done in {outcome.seconds:.1f} s: "
-                                   f"{_count_text(labels)} in {prediction.region}")
+        self.status_label.value = f"{prediction.region} done in {outcome.seconds:.1f} s: {_count_text(labels)}"
         if request is not None and self.post_settings() != request.post:
             self.reprocess()  # the post-processing knobs changed while the run was busy
 
@@ -871,6 +870,10 @@ def _canvas_size(viewer: Any) -> tuple[float, float]:
 def _count_text(labels: LabelsResult) -> str:
     if labels.lazy:
         return f"labels {labels.post.method}"
+    largest = labels.largest_foreground
+    if largest is not None and largest < labels.post.threshold:  # an undecided model, not an empty image
+        return (f"nothing above the threshold {labels.post.threshold:g} (largest foreground probability "
+                f"{largest:.2f}): lower the threshold, or train longer")
     top = int(np.max(labels.labels)) if np.size(labels.labels) else 0
     if not POSTPROCESSORS.get(labels.post.method).labels_objects:
         return f"mask with {int(np.count_nonzero(labels.labels))} foreground voxels"

@@ -590,6 +590,9 @@ class LabelsResult:
     post: PostSettings
     key: str | None = None
     seconds: float = 0.0
+    # In-memory labels with no object: the largest foreground probability, so the panel can tell
+    # a model still undecided (everything under the threshold) from one that found nothing.
+    largest_foreground: float | None = None
 
     @property
     def lazy(self) -> bool:
@@ -712,7 +715,8 @@ def run_postprocess(prediction: Prediction, post: PostSettings,
         labels = postprocess(np.asarray(prediction.channels(), dtype=np.float32), post.method,
                              threshold=post.threshold, min_size=post.min_size,
                              channel_layout=prediction.info.channel_layout)
-        return LabelsResult(labels, post, None, time.perf_counter() - started)
+        largest = None if np.any(labels) else float(np.max(np.asarray(prediction.foreground()), initial=0.0))
+        return LabelsResult(labels, post, None, time.perf_counter() - started, largest)
     key, labels = _postprocess_store(prediction, post, report)
     return LabelsResult(labels, post, key, time.perf_counter() - started)
 
