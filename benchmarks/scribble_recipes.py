@@ -17,7 +17,7 @@ false positive / negative voxels and the last train and validation losses. ``--b
 changes how much of each painted section's background is painted (1.0: all of it);
 ``--unannotated-background W`` adds a loss (weight W) pulling unannotated voxels towards background;
 ``--border W,K`` replaces cross-entropy by one weighing annotated voxels within K px of the other
-class 1 + W times; ``--dense-all`` paints every section with the expert label (the crop's ceiling);
+class 1 + W times; ``--balanced-ce`` weighs each class's annotated voxels by the inverse of its share; ``--dense-all`` paints every section with the expert label (the crop's ceiling);
 ``--tta`` also scores each step with test-time augmentation; ``--save DIR`` keeps each step's
 probabilities.
 """
@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--border", metavar="WEIGHT,WIDTH",
                         help="replace cross-entropy by one that weighs annotated voxels within WIDTH px of an "
                              "annotated voxel of another class 1 + WEIGHT times")
+    parser.add_argument("--balanced-ce", action="store_true",
+                        help="cross-entropy with each class weighted by the inverse of its annotated share")
     parser.add_argument("--dense-all", action="store_true",
                         help="paint every section fully (the expert label): the crop's ceiling, not a scribble run")
     parser.add_argument("--tta", action="store_true",
@@ -121,6 +123,40 @@ def register_border_ce(weight: float, width: int) -> None:
         register_loss(BORDER_CE)(lambda out_channels=2, **_: BorderWeightedCE(out_channels))
 
 
+BALANCED_CE = "BalancedCrossEntropy"
+
+
+def register_balanced_ce() -> None:
+    """An experiment's loss: cross-entropy over annotated voxels with each class weighted by the
+    inverse of its share of the batch's annotated voxels, so a few painted mitochondria count as
+    much as the generously painted background."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from napari_connectomics.data.conventions import IGNORE_INDEX
+    from napari_connectomics.models.loss_registry import register_loss
+    from napari_connectomics.registry import LOSSES
+
+    class BalancedCE(nn.Module):
+        def __init__(self, out_channels: int = 2):
+            super().__init__()
+            self.classes = max(out_channels, 2)
+
+        def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            labels = target.squeeze(1)
+            annotated = labels != IGNORE_INDEX
+            counts = torch.stack([((labels == c) & annotated).sum() for c in range(self.classes)]).float()
+            present = counts > 0
+            class_weight = torch.where(present, 1.0 / counts.clamp(min=1.0), 0.0) / present.sum().clamp(min=1)
+            weights = class_weight[labels.clamp(min=0)] * annotated.float()
+            per_voxel = F.cross_entropy(logits.float(), labels.clamp(min=0), reduction="none")
+            return (per_voxel * weights).sum()
+
+    if BALANCED_CE not in LOSSES:
+        register_loss(BALANCED_CE)(lambda out_channels=2, **_: BalancedCE(out_channels))
+
+
 def stacked_sections(image: np.ndarray, k: int) -> np.ndarray:
     """(2k+1, z, y, x): each section with its k neighbours either side (mirrored at the ends)."""
     padded = np.pad(image, ((k, k), (0, 0), (0, 0)), mode="reflect")
@@ -173,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         border_weight, border_width = args.border.split(",")
         register_border_ce(float(border_weight), int(border_width))
         cfg.model.loss_functions = [BORDER_CE if name == "CrossEntropyLoss" else name
+                                    for name in cfg.model.loss_functions]
+    if args.balanced_ce:
+        register_balanced_ce()
+        cfg.model.loss_functions = [BALANCED_CE if name == "CrossEntropyLoss" else name
                                     for name in cfg.model.loss_functions]
     prepared = prepare_run(choices, cfg)
     started = time.monotonic()
