@@ -47,9 +47,10 @@ def test_plan_example_config_loads_as_written():
     assert list(cfg.model.input_size) == [128, 128, 128]
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "examples/configs").glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(str(p.relative_to(REPO / "examples"))
+                                         for p in (REPO / "examples").glob("**/*.yaml")))
 def test_example_configs_load(name):
-    load_config(REPO / "examples/configs" / name)
+    load_config(REPO / "examples" / name)
 
 
 def test_yaml_then_overrides_take_precedence(tmp_path):
