@@ -87,49 +87,13 @@ def register_unannotated_background() -> None:
 
 
 BORDER_CE = "BorderWeightedCrossEntropy"
-
-
-def register_border_ce(weight: float, width: int) -> None:
-    """An experiment's loss: cross-entropy over annotated voxels, those within ``width`` px of an
-    annotated voxel of another class weighted ``1 + weight`` (the U-Net paper's border weights, for
-    scribbles: only where both sides of a border were painted)."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    from napari_connectomics.data.conventions import IGNORE_INDEX
-    from napari_connectomics.models.loss_registry import register_loss
-    from napari_connectomics.registry import LOSSES
-
-    class BorderWeightedCE(nn.Module):
-        def __init__(self, out_channels: int = 2):
-            super().__init__()
-            self.classes = max(out_channels, 2)
-
-        def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            labels = target.squeeze(1)
-            annotated = labels != IGNORE_INDEX
-            pool = F.max_pool2d if labels.ndim == 3 else F.max_pool3d
-            border = torch.zeros_like(annotated)
-            for c in range(self.classes):
-                is_c = (labels == c).unsqueeze(1).float()
-                near_c = pool(is_c, 2 * width + 1, stride=1, padding=width).squeeze(1) > 0
-                border |= near_c & annotated & (labels != c)
-            weights = (1.0 + weight * border.float()) * annotated.float()
-            per_voxel = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
-            return (per_voxel * weights).sum() / weights.sum().clamp(min=1e-12)
-
-    if BORDER_CE not in LOSSES:
-        register_loss(BORDER_CE)(lambda out_channels=2, **_: BorderWeightedCE(out_channels))
-
-
 BALANCED_CE = "BalancedCrossEntropy"
 
 
-def register_balanced_ce() -> None:
-    """An experiment's loss: cross-entropy over annotated voxels with each class weighted by the
-    inverse of its share of the batch's annotated voxels, so a few painted mitochondria count as
-    much as the generously painted background."""
+def register_weighted_ce(name: str, voxel_weights: Any) -> None:
+    """Register ``name`` for this process: cross-entropy over the annotated voxels, each weighted by
+    ``voxel_weights(labels, annotated, classes)`` (a tensor shaped like ``labels``), normalised by
+    the annotated voxels' total weight."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -138,7 +102,7 @@ def register_balanced_ce() -> None:
     from napari_connectomics.models.loss_registry import register_loss
     from napari_connectomics.registry import LOSSES
 
-    class BalancedCE(nn.Module):
+    class WeightedCE(nn.Module):
         def __init__(self, out_channels: int = 2):
             super().__init__()
             self.classes = max(out_channels, 2)
@@ -146,15 +110,40 @@ def register_balanced_ce() -> None:
         def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             labels = target.squeeze(1)
             annotated = labels != IGNORE_INDEX
-            counts = torch.stack([((labels == c) & annotated).sum() for c in range(self.classes)]).float()
-            present = counts > 0
-            class_weight = torch.where(present, 1.0 / counts.clamp(min=1.0), 0.0) / present.sum().clamp(min=1)
-            weights = class_weight[labels.clamp(min=0)] * annotated.float()
+            weights = voxel_weights(labels, annotated, self.classes) * annotated.float()
             per_voxel = F.cross_entropy(logits.float(), labels.clamp(min=0), reduction="none")
-            return (per_voxel * weights).sum()
+            return (per_voxel * weights).sum() / weights.sum().clamp(min=1e-12)
 
-    if BALANCED_CE not in LOSSES:
-        register_loss(BALANCED_CE)(lambda out_channels=2, **_: BalancedCE(out_channels))
+    if name not in LOSSES:
+        register_loss(name)(lambda out_channels=2, **_: WeightedCE(out_channels))
+
+
+def border_weights(weight: float, width: int) -> Any:
+    """Annotated voxels within ``width`` px of an annotated voxel of another class weigh ``1 +
+    weight`` (the U-Net paper's border weights, for scribbles: only where both sides of a border
+    were painted)."""
+    def weights(labels: Any, annotated: Any, classes: int) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        pool = F.max_pool2d if labels.ndim == 3 else F.max_pool3d
+        border = torch.zeros_like(annotated)
+        for c in range(classes):
+            is_c = (labels == c).unsqueeze(1).float()
+            near_c = pool(is_c, 2 * width + 1, stride=1, padding=width).squeeze(1) > 0
+            border |= near_c & annotated & (labels != c)
+        return 1.0 + weight * border.float()
+
+    return weights
+
+
+def balanced_weights(labels: Any, annotated: Any, classes: int) -> Any:
+    """Each class weighs the inverse of its share of the batch's annotated voxels, so a few painted
+    mitochondria count as much as the generously painted background."""
+    import torch
+
+    counts = torch.stack([((labels == c) & annotated).sum() for c in range(classes)]).float()
+    return (1.0 / counts.clamp(min=1.0))[labels.clamp(min=0)]
 
 
 def stacked_sections(image: np.ndarray, k: int) -> np.ndarray:
@@ -207,11 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg.model.loss_weights = [*weights, args.unannotated_background]
     if args.border:
         border_weight, border_width = args.border.split(",")
-        register_border_ce(float(border_weight), int(border_width))
+        register_weighted_ce(BORDER_CE, border_weights(float(border_weight), int(border_width)))
         cfg.model.loss_functions = [BORDER_CE if name == "CrossEntropyLoss" else name
                                     for name in cfg.model.loss_functions]
     if args.balanced_ce:
-        register_balanced_ce()
+        register_weighted_ce(BALANCED_CE, balanced_weights)
         cfg.model.loss_functions = [BALANCED_CE if name == "CrossEntropyLoss" else name
                                     for name in cfg.model.loss_functions]
     prepared = prepare_run(choices, cfg)
