@@ -97,8 +97,8 @@ def test_count_and_probe_in_the_worker_match_this_process(engine):
 
 
 def test_a_probe_asked_while_a_run_trains_is_timed_after_the_run(engine, tmp_path):
-    """Timed beside a run, a step would measure the contention (and two threads of torch work
-    would share the process): the probe waits for the run to end."""
+    """Timed beside a run (or a segmentation), a step would measure the contention: the probe
+    waits for the run to end."""
     sample = make_synthetic_em(shape=(16, 64, 64), seed=3)
     labels = np.zeros(sample.mitochondria.shape, np.uint8)
     labels[2] = np.where(sample.mitochondria[2] > 0, 2, 1)

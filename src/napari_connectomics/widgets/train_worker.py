@@ -200,6 +200,7 @@ def _free_gpu_memory() -> None:
 
 REQUESTS = ("train", "count", "probe", "info", "segment")
 QUIET_REQUESTS = ("count", "probe", "info")  # their failures are shown in a panel's info line
+HEAVY_REQUESTS = ("train", "segment")  # a step probe waits until none of these runs
 
 
 @dataclass
@@ -227,10 +228,10 @@ class _Server:
         self.send_lock = threading.Lock()
         self.lock = threading.Lock()
         self.probe_lock = threading.Lock()
-        # A step probe waits while a run trains: timed beside it, a step measures the contention,
-        # and two threads of torch work in one process are a risk nothing needs to take here.
-        self.not_training = threading.Event()
-        self.not_training.set()
+        # A step probe waits while a run trains or a segmentation predicts: timed beside them, a
+        # step would measure the contention, not the step.
+        self.heavy = 0  # HEAVY_REQUESTS begun and not ended
+        self.heavy_ended = threading.Condition()
         self.running: dict[Any, _Running] = {}
 
     def send(self, tag: str, rid: Any, payload: Any = None) -> None:
@@ -273,6 +274,9 @@ class _Server:
                 self.send("error", rid, (ERROR_USER, "a run is still training in the worker; stop it first"))
                 return
             self.running[rid] = running
+        if kind in HEAVY_REQUESTS:  # counted here, in message order: a probe asked after it waits
+            with self.heavy_ended:
+                self.heavy += 1
         if kind == "train":
             from .training_request import PreviewTarget
 
@@ -298,7 +302,10 @@ class _Server:
         finally:
             with self.lock:
                 self.running.pop(rid, None)
-            if kind in ("train", "segment"):
+            if kind in HEAVY_REQUESTS:
+                with self.heavy_ended:
+                    self.heavy -= 1
+                    self.heavy_ended.notify_all()
                 _free_gpu_memory()
         try:
             self.send(outcome[0], rid, outcome[1])
@@ -317,7 +324,8 @@ class _Server:
         return run_quick("count", cfg)
 
     def do_probe(self, cfg: Any, running: _Running, report: Any) -> Any:
-        self.not_training.wait()
+        with self.heavy_ended:
+            self.heavy_ended.wait_for(lambda: self.heavy == 0)
         with self.probe_lock:
             return run_quick("probe", cfg)
 
@@ -342,13 +350,6 @@ class _Server:
                 detach(block)
 
     def do_train(self, request: dict[str, Any], running: _Running, report: Any) -> Any:
-        self.not_training.clear()
-        try:
-            return self._train(request, running, report)
-        finally:
-            self.not_training.set()
-
-    def _train(self, request: dict[str, Any], running: _Running, report: Any) -> Any:
         from ..training.callbacks import LabelUpdates
         from .training_request import Notice, prepare_run, run_training, summarize_labels
 
