@@ -181,6 +181,7 @@ class SegmentPanel(QWidget):
         self.segment_button = widgets.PushButton(text="Segment")
         self.cancel_button = widgets.PushButton(text="Cancel")
         self.status_label = widgets.Label(value="ready")
+        self.status_label.native.setWordWrap(True)  # a long status or error wraps, not widens the dock
         buttons = widgets.Container(widgets=[self.segment_button, self.cancel_button],
                                     layout="horizontal", labels=False)
         self.form = widgets.Container(widgets=[
@@ -872,8 +873,8 @@ def _count_text(labels: LabelsResult) -> str:
         return f"labels {labels.post.method}"
     largest = labels.largest_foreground
     if largest is not None and largest < labels.post.threshold:  # an undecided model, not an empty image
-        return (f"nothing above the threshold {labels.post.threshold:g} (largest foreground probability "
-                f"{largest:.2f}): lower the threshold, or train longer")
+        return (f"nothing above the threshold {labels.post.threshold:g} (largest probability {largest:.2f}): "
+                "lower the threshold, or train longer")
     top = int(np.max(labels.labels)) if np.size(labels.labels) else 0
     if not POSTPROCESSORS.get(labels.post.method).labels_objects:
         return f"mask with {int(np.count_nonzero(labels.labels))} foreground voxels"
