@@ -19,7 +19,8 @@ changes how much of each painted section's background is painted (1.0: all of it
 ``--border W,K`` replaces cross-entropy by one weighing annotated voxels within K px of the other
 class 1 + W times; ``--balanced-ce`` weighs each class's annotated voxels by the inverse of its share; ``--dense-all`` paints every section with the expert label (the crop's ceiling);
 ``--tta`` also scores each step with test-time augmentation; ``--save DIR`` keeps each step's
-probabilities.
+probabilities. ``--at-validation`` scores after every validation instead, with that validation's
+loss and IoU (``val_loss``, ``val_iou``): which checkpoint a selection rule would pick, and its IoU.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tta", action="store_true",
                         help="also score each step with test-time augmentation (iou_tta, and z-smoothed)")
     parser.add_argument("--save", metavar="DIR", help="also save each step's foreground probabilities (step<N>.npy)")
+    parser.add_argument("--at-validation", action="store_true",
+                        help="score after every validation (up to the last of --steps), with its val loss and IoU")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value (OmegaConf dotlist)")
     return parser.parse_args(argv)
 
@@ -208,8 +211,16 @@ def main(argv: list[str] | None = None) -> int:
 
     class ScoreAtSteps(L.Callback):
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-            if trainer.global_step not in steps:
-                return
+            if trainer.global_step in steps and not args.at_validation:
+                self.score(trainer, pl_module)
+            if trainer.global_step >= steps[-1]:  # also when an override raised training.max_steps
+                trainer.should_stop = True
+
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+            if args.at_validation and not trainer.sanity_checking:
+                self.score(trainer, pl_module)
+
+        def score(self, trainer: Any, pl_module: Any) -> None:
             seconds = time.monotonic() - started
             options = PredictOptions(device="cpu", output_dtype="float32")
             probabilities = np.asarray(predict(pl_module.model, image, options, cfg=prepared.cfg).probabilities,
@@ -231,10 +242,9 @@ def main(argv: list[str] | None = None) -> int:
             metrics = trainer.callback_metrics
             row = {"step": int(trainer.global_step), "seconds": round(seconds, 1), **score(foreground, truth), **row_tta,
                    "train_loss": round(float(metrics.get("train/loss", float("nan"))), 4),
-                   "val_loss": round(float(metrics.get("val/loss", float("nan"))), 4)}
+                   "val_loss": round(float(metrics.get("val/loss", float("nan"))), 4),
+                   "val_iou": round(float(metrics.get("val/iou", float("nan"))), 4)}
             print(json.dumps(row), flush=True)
-            if trainer.global_step >= steps[-1]:  # also when an override raised training.max_steps
-                trainer.should_stop = True
 
     print(json.dumps({"overrides": list(args.overrides), "context": args.context,
                       "background_share": args.background_share, "config": OmegaConf.to_container(prepared.cfg.model)}))

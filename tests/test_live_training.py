@@ -43,6 +43,8 @@ def test_presets_and_patch_fitting():
     assert list(cpu.model.loss_functions) == ["DiceLoss", "CrossEntropyLoss"]
     assert (cpu.optimizer.name, cpu.optimizer.lr, cpu.scheduler.name) == ("AdamW", 3e-3, "cosine")
     assert cpu.training.precision == "auto"  # bfloat16 where the CPU computes it (test_training_precision.py)
+    for preset in (cpu, gpu):  # an undecided model can have the lowest loss: the best held-out IoU is offered
+        assert (preset.checkpoint.monitor, preset.checkpoint.mode) == ("val/iou", "max")
     assert (gpu.model.architecture, gpu.model.mednext_size, gpu.model.kernel_size, gpu.model.deep_supervision,
             gpu.model.spatial_dims) == ("mednext", "S", 3, True, 3)
     assert load_config().model.architecture == "monai_basic_unet3d"  # the CLI's defaults stay

@@ -148,6 +148,10 @@ def test_train_stop_continue_preview_and_stall(train_setup, qtbot, tmp_path, rec
     assert session.run_dir == str(run) and session.checkpoint in (str(last), str(result.best_checkpoint))
     assert session.busy == "" and panel.progress_bar is None
     assert str(panel.checkpoint.value) == session.checkpoint  # fine-tuning starts from it by default
+    assert session.checkpoint == str(result.checkpoint)
+    assert panel.status.text().endswith(f"{result.checkpoint} ({result.checkpoint_note()})")  # and why
+    assert result.checkpoint_note() == (f"best val/loss {result.best_score:.3f}" if result.best_checkpoint
+                                        else "the last")
     assert panel.train_button.isEnabled() and panel.continue_button.isEnabled()
     assert not panel.stop_button.isEnabled()
     saved = load_config(run / "config.yaml")

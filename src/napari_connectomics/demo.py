@@ -86,7 +86,7 @@ def run_demo(output_dir: str | Path = "outputs/demo", data: str | None = None, s
 
     start = time.perf_counter()
     result = train(demo_config(output_dir, steps), data=TrainingData(train=[(train_image, train_labels)]))
-    checkpoint = result.best_checkpoint or result.last_checkpoint
+    checkpoint = result.checkpoint
     logger.info("Trained %d steps in %.0f s", result.global_step, time.perf_counter() - start)
 
     prediction_path = output_dir / "prediction.zarr"

@@ -25,3 +25,14 @@ class TrainResult:
     global_rank: int = 0
     validation: str = ""  # what validated, one line (e.g. the pieces of the annotation held out)
     held_out: bool = True  # False: validation scored the training data, logged as train_eval/...
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """The checkpoint to segment or fine-tune with: the best by ``monitor``, else the last."""
+        return self.best_checkpoint or self.last_checkpoint
+
+    def checkpoint_note(self) -> str:
+        """Why :attr:`checkpoint` was chosen, for a status line (e.g. ``best val/iou 0.874``)."""
+        if self.best_checkpoint is None or self.best_score is None:
+            return "the last"
+        return f"best {self.monitor} {self.best_score:.3f}"

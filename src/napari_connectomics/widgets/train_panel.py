@@ -236,7 +236,7 @@ class _RunGuard:
 
     def _stopped(self, outcome: Any) -> None:
         _, result = outcome
-        checkpoint = result.best_checkpoint or result.last_checkpoint
+        checkpoint = result.checkpoint
         self.session.run_dir = str(result.run_dir)
         if checkpoint is not None:
             self.session.checkpoint = str(checkpoint)
@@ -1116,7 +1116,7 @@ class TrainPanel(QWidget):
         self._progress.close()
         self.last_result = result
         self.run_dir = Path(result.run_dir)
-        checkpoint = result.best_checkpoint or result.last_checkpoint
+        checkpoint = result.checkpoint
         self.session.run_dir = str(result.run_dir)
         if checkpoint is not None:
             self.session.checkpoint = str(checkpoint)
@@ -1126,7 +1126,7 @@ class TrainPanel(QWidget):
                                           self._launched_preview_every, source,
                                           self._preview_box if source is not None else None)
         how = "Stopped" if result.stopped else "Finished"
-        self.status.setText(f"{how} at step {result.global_step}. Checkpoint: {checkpoint}")
+        self.status.setText(f"{how} at step {result.global_step}. Checkpoint: {checkpoint} ({result.checkpoint_note()})")
         show_info(f"Training {how.lower()} at step {result.global_step}; run folder {result.run_dir}")
         self._end_job()
 
