@@ -41,7 +41,7 @@ def test_presets_and_patch_fitting():
     assert (cpu.model.architecture, cpu.model.spatial_dims, list(cpu.model.filters), cpu.model.num_res_units) == (
         "monai_unet", 2, [16, 32, 64, 128, 256], 2)
     assert list(cpu.model.loss_functions) == ["DiceLoss", "CrossEntropyLoss"]
-    assert (cpu.optimizer.name, cpu.optimizer.lr, cpu.scheduler.name) == ("AdamW", 3e-3, "cosine")
+    assert (cpu.optimizer.name, cpu.optimizer.lr, cpu.scheduler.name) == ("AdamW", 3e-3, "none")  # constant
     assert cpu.training.precision == "auto"  # bfloat16 where the CPU computes it (test_training_precision.py)
     for preset in (cpu, gpu):  # an undecided model can have the lowest loss: the best held-out IoU is offered
         assert (preset.checkpoint.monitor, preset.checkpoint.mode) == ("val/iou", "max")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import subprocess
 import sys
@@ -193,6 +194,21 @@ def test_pretrained_of_another_architecture_is_refused(tmp_path, sample):
 def test_monitor_must_be_logged(tmp_path):
     with pytest.raises(ConfigError, match="checkpoint.monitor: 'val_loss'.*val/loss"):
         train(small_2d(tmp_path, "checkpoint.monitor=val_loss"))
+
+
+def test_the_offered_checkpoint_is_the_best_unless_no_score_reached_min_score(tmp_path, sample):
+    """A run scored by IoU whose best never reaches checkpoint.min_score (an undecided model: only
+    noise scored) offers its last checkpoint, and says why; otherwise the best."""
+    result = train(small_2d(tmp_path, "checkpoint.monitor=val/iou", "checkpoint.mode=max",
+                            "checkpoint.min_score=1.0"), data=[(sample.image, sample.mitochondria)])
+    assert result.best_checkpoint.is_file() and result.best_score < 1.0 and result.min_score == 1.0
+    assert result.checkpoint == result.last_checkpoint != result.best_checkpoint
+    assert result.checkpoint_note() == f"the last: val/iou never reached 1, best {result.best_score:.3f}"
+    reached = dataclasses.replace(result, min_score=result.best_score)
+    assert reached.checkpoint == result.best_checkpoint
+    assert reached.checkpoint_note() == f"best val/iou {result.best_score:.3f}"
+    unscored = dataclasses.replace(result, best_checkpoint=None, best_score=None)
+    assert unscored.checkpoint == result.last_checkpoint and unscored.checkpoint_note() == "the last"
 
 
 def test_missing_training_paths_error(tmp_path):

@@ -221,6 +221,9 @@ class TrainingConfig:
 class CheckpointConfig:
     monitor: str = knob("val/loss", "metric deciding the best checkpoint")
     mode: str = knob("min", "whether the monitored metric should go down or up", choices=("min", "max"))
+    min_score: Optional[float] = knob(
+        None, "with mode max: a run whose best monitored score stays below this offers its last checkpoint "
+        "instead of its best (e.g. a held-out IoU that only noise reached while the model was undecided)")
     save_top_k: int = knob(1, "best checkpoints kept (-1: all)", minimum=-1)
     save_last: bool = knob(True, "also keep last.ckpt")
     dirpath: Optional[str] = knob(None, "checkpoint folder (default: <run>/checkpoints)")

@@ -25,14 +25,24 @@ class TrainResult:
     global_rank: int = 0
     validation: str = ""  # what validated, one line (e.g. the pieces of the annotation held out)
     held_out: bool = True  # False: validation scored the training data, logged as train_eval/...
+    min_score: float | None = None  # checkpoint.min_score: a best below it is not offered
+
+    @property
+    def best_reached_min(self) -> bool:
+        """Whether the best checkpoint counts: it exists and scored at least ``min_score``."""
+        if self.best_checkpoint is None or self.best_score is None:
+            return False
+        return self.min_score is None or self.best_score >= self.min_score
 
     @property
     def checkpoint(self) -> Path | None:
         """The checkpoint to segment or fine-tune with: the best by ``monitor``, else the last."""
-        return self.best_checkpoint or self.last_checkpoint
+        return self.best_checkpoint if self.best_reached_min else self.last_checkpoint
 
     def checkpoint_note(self) -> str:
         """Why :attr:`checkpoint` was chosen, for a status line (e.g. ``best val/iou 0.874``)."""
-        if self.best_checkpoint is None or self.best_score is None:
-            return "the last"
-        return f"best {self.monitor} {self.best_score:.3f}"
+        if self.best_reached_min:
+            return f"best {self.monitor} {self.best_score:.3f}"
+        if self.best_score is not None and self.min_score is not None:
+            return f"the last: {self.monitor} never reached {self.min_score:g}, best {self.best_score:.3f}"
+        return "the last"

@@ -128,7 +128,8 @@ def _train(cfg: DictConfig, datamodule: VolumeDataModule, run_dir: Path, callbac
                          best_score=float(score) if score is not None else None, monitor=monitor,
                          global_step=trainer.global_step, stopped=stopped, metrics=metrics,
                          global_rank=trainer.global_rank, validation=datamodule.validation,
-                         held_out=datamodule.held_out)
+                         held_out=datamodule.held_out,
+                         min_score=cfg.checkpoint.min_score if cfg.checkpoint.mode == "max" else None)
     emit(progress_callbacks, Progress(trainer.global_step, trainer.global_step, "stopped" if stopped else "done",
                                       metrics, stage="stopped" if stopped else "done"))
     return result
