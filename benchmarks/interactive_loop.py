@@ -25,7 +25,7 @@ validation, preview every N steps; Segment's window, overlap, threshold, post-pr
 The Segment button refuses nothing while a run trains, but it needs a checkpoint, and the session
 gets one only when a run ends; so at each checkpoint of training time (60, 120 and 300 s, scaled
 to ``--seconds``) the user presses Stop, waits for the run to end, presses Segment (whole volume,
-the checkpoint the panel offers: the run's best, else last), waits for ``lucchi crop
+the checkpoint the panel offers: the best held-out IoU, else the last), waits for ``lucchi crop
 segmentation``, and presses Continue. The training clock is the time the training thread ran
 (pressing Train/Continue -> the run has ended), summed over the runs: it includes each run's
 start (imports, the first time; Lightning set-up and restoring the checkpoint on Continue) and the
