@@ -18,7 +18,8 @@ changes how much of each painted section's background is painted (1.0: all of it
 ``--unannotated-background W`` adds a loss (weight W) pulling unannotated voxels towards background;
 ``--border W,K`` replaces cross-entropy by one weighing annotated voxels within K px of the other
 class 1 + W times; ``--balanced-ce`` weighs each class's annotated voxels by the inverse of its share; ``--dense-all`` paints every section with the expert label (the crop's ceiling);
-``--tta`` also scores each step with test-time augmentation; ``--save DIR`` keeps each step's
+``--correction N`` adds N mitochondrion dabs on one more section (``--correction-unclipped``: spilling
+over its border, as a quick brush does); ``--tta`` also scores each step with test-time augmentation; ``--save DIR`` keeps each step's
 probabilities. ``--at-validation`` scores after every validation instead, with that validation's
 loss and IoU (``val_loss``, ``val_iou``): which checkpoint a selection rule would pick, and its IoU.
 """
@@ -59,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tta", action="store_true",
                         help="also score each step with test-time augmentation (iou_tta, and z-smoothed)")
     parser.add_argument("--save", metavar="DIR", help="also save each step's foreground probabilities (step<N>.npy)")
+    parser.add_argument("--correction", type=int, default=0, metavar="N",
+                        help="also paint N mitochondrion dabs (radius 3, as napari's brush size 6) on section "
+                             "--correction-section, at seeded random mitochondrion pixels: a user's correction")
+    parser.add_argument("--correction-section", type=int, default=10)
+    parser.add_argument("--correction-unclipped", action="store_true",
+                        help="the correction's dabs are whole disks, so they spill over the object's border")
     parser.add_argument("--at-validation", action="store_true",
                         help="score after every validation (up to the last of --steps), with its val loss and IoU")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value (OmegaConf dotlist)")
@@ -149,6 +156,19 @@ def balanced_weights(labels: Any, annotated: Any, classes: int) -> Any:
     return (1.0 / counts.clamp(min=1.0))[labels.clamp(min=0)]
 
 
+def painted_correction(painted: np.ndarray, truth: np.ndarray, dabs: int, section: int,
+                       radius: int = 3, seed: int = 0, clip: bool = True) -> np.ndarray:
+    """``painted`` plus ``dabs`` mitochondrion (2) dabs on ``section``, centred on random true
+    mitochondrion pixels: clipped to the object, or whole disks that spill over its border."""
+    painted = painted.copy()
+    ys, xs = np.nonzero(truth[section])
+    yy, xx = np.mgrid[:truth.shape[1], :truth.shape[2]]
+    for k in np.random.default_rng(seed).choice(len(ys), size=min(dabs, len(ys)), replace=False):
+        disk = (yy - ys[k]) ** 2 + (xx - xs[k]) ** 2 <= radius ** 2
+        painted[section][disk & truth[section] if clip else disk] = 2
+    return painted
+
+
 def stacked_sections(image: np.ndarray, k: int) -> np.ndarray:
     """(2k+1, z, y, x): each section with its k neighbours either side (mirrored at the ends)."""
     padded = np.pad(image, ((k, k), (0, 0), (0, 0)), mode="reflect")
@@ -183,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     image, truth = loop.load_crop(Path(args.data))
     loop.BACKGROUND_SHARE = args.background_share
     painted = (truth > 0).astype(np.uint8) + 1 if args.dense_all else loop.paint_scribbles(truth)
+    if args.correction:
+        painted = painted_correction(painted, truth, args.correction, args.correction_section,
+                                     clip=not args.correction_unclipped)
     if args.context:
         image = stacked_sections(image, args.context)
     output = tempfile.mkdtemp(prefix="scribble-recipes-")

@@ -147,6 +147,22 @@ def train_setup(make_napari_viewer, tmp_path):
     stop_run(panel)
 
 
+@pytest.fixture
+def notices():
+    """Every napari notification shown during the test: (severity, message)."""
+    from napari.utils.notifications import notification_manager
+
+    shown: list[tuple[str, str]] = []
+
+    def record(event):
+        notification = getattr(event, "value", event)
+        shown.append((str(notification.severity), str(notification.message)))
+
+    notification_manager.notification_ready.connect(record)
+    yield shown
+    notification_manager.notification_ready.disconnect(record)
+
+
 def workers() -> list:
     """Live engine worker processes started by this test process (psutil.Process objects)."""
     import psutil

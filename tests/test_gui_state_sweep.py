@@ -26,22 +26,6 @@ pytestmark = pytest.mark.gui
 PLUGIN = "napari-connectomics"
 
 
-@pytest.fixture
-def notices():
-    """Every napari notification shown during the test: (severity, message)."""
-    from napari.utils.notifications import notification_manager
-
-    shown: list[tuple[str, str]] = []
-
-    def record(event):
-        notification = getattr(event, "value", event)
-        shown.append((str(notification.severity), str(notification.message)))
-
-    notification_manager.notification_ready.connect(record)
-    yield shown
-    notification_manager.notification_ready.disconnect(record)
-
-
 def warnings_and_errors(shown):
     return [message for severity, message in shown if severity.lower() in ("warning", "error")]
 

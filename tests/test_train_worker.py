@@ -67,7 +67,7 @@ def test_closing_the_viewer_during_a_run_leaves_no_process(train_setup, qtbot):
     qtbot.waitUntil(lambda: pid not in [p.pid for p in workers()], timeout=30_000)
 
 
-def test_annotations_edited_during_a_run_reach_the_worker(train_setup, qtbot):
+def test_annotations_edited_during_a_run_reach_the_worker(train_setup, qtbot, notices):
     viewer, panel, painted = train_setup
     panel.steps.value = LONG_RUN
     panel.train_button.click()
@@ -78,6 +78,9 @@ def test_annotations_edited_during_a_run_reach_the_worker(train_setup, qtbot):
     painted.paint((20, 100, 100), 2)  # a new section painted while the network trains
     qtbot.waitUntil(lambda: panel.worker_annotated != before, timeout=60_000)
     assert panel.worker_annotated == int(np.count_nonzero(painted.data)) > before
+    # an object painted on a section without background: the worker says so, once
+    qtbot.waitUntil(lambda: any("section 20 has objects painted but no background" in m for _, m in notices),
+                    timeout=WAIT_MS)
     # ... and the running training swaps them in between two steps (same run, same optimizer)
     qtbot.waitUntil(lambda: panel.worker_labels_applied >= 1, timeout=60_000)
     assert panel.running
@@ -89,6 +92,7 @@ def test_annotations_edited_during_a_run_reach_the_worker(train_setup, qtbot):
     assert panel.continue_training()
     qtbot.waitUntil(lambda: panel.worker_labels_applied >= 1 and panel.worker_annotated == int(
         np.count_nonzero(painted.data)), timeout=WAIT_MS)
+    assert sum("objects painted but no background" in m for _, m in notices) == 1  # background on 24: none new
     panel.stop_training()
     qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
 

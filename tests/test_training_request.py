@@ -28,6 +28,7 @@ from napari_connectomics.widgets.training_request import (
     class_value,
     continue_config,
     held_out_split,
+    objects_only_warning,
     out_channels_for,
     prepare_run,
     preview_region,
@@ -163,6 +164,26 @@ def test_annotation_checks():
     with pytest.raises(UserError, match="instance"):
         check_annotations(ids, "dense", "semantic")
     assert check_annotations(ids, "dense", "instance") == []
+
+
+def test_sections_with_objects_but_no_background_are_named():
+    """Strokes marking only the object on a section taught the loop's network to over-segment
+    (docs/benchmarks.md): the check names such sections, once there is background elsewhere."""
+    labels = np.zeros((12, 8, 8), np.uint8)
+    labels[2, :4], labels[2, 4:] = 1, 2  # both classes: fine
+    labels[5, 2:4, 2:4] = 2  # objects only
+    summary = summarize_labels(labels, "sparse")
+    assert summary.objects_only == [5]
+    (warning,) = check_annotations(summary, "sparse", "semantic", "painted")
+    assert warning.startswith("painted: section 5 has objects painted but no background (1)")
+    for z in range(6, 12):
+        labels[z, 0, 0] = 3
+    many = check_annotations(summarize_labels(labels, "sparse"), "sparse", "semantic", "painted")
+    assert many == [objects_only_warning("painted", [5, 6, 7, 8, 9, 10, 11])]
+    assert "sections 5, 6, 7, 8, 9 and 2 more have" in many[0]
+    assert summarize_labels(labels, "dense").objects_only == [] == summarize_labels(labels[5], "sparse").objects_only
+    no_background = summarize_labels(np.where(labels == 1, 0, labels), "sparse")
+    assert ["no background (label 1)" in w for w in check_annotations(no_background, "sparse", "semantic")] == [True]
 
 
 def test_held_out_split_keeps_every_painted_section_for_training(sample):

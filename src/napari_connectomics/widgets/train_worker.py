@@ -233,6 +233,10 @@ class _Server:
         self.heavy = 0  # HEAVY_REQUESTS begun and not ended
         self.heavy_ended = threading.Condition()
         self.running: dict[Any, _Running] = {}
+        # Sections with objects but no background already warned about, per pair: kept from a
+        # Train to its Continues, so one warning per section and run.
+        self.objects_only: dict[int, set[int]] = {}
+        self.pair_names: dict[int, str] = {}
 
     def send(self, tag: str, rid: Any, payload: Any = None) -> None:
         """Pickle outside the lock (a large result does not hold up the others' events), then write."""
@@ -368,8 +372,11 @@ class _Server:
             prepared = _engine_prepared(request["prepared"], request.get("preview_image"))
         running.label_mode = str(prepared.cfg.data.label_mode)
         if choices is not None:
-            running.counts = {k: summarize_labels(p.label, running.label_mode).annotated
-                              for k, p in enumerate(choices.pairs) if not p.from_files}
+            summaries = {k: summarize_labels(p.label, running.label_mode)
+                         for k, p in enumerate(choices.pairs) if not p.from_files}
+            running.counts = {k: summary.annotated for k, summary in summaries.items()}
+            self.objects_only = {k: set(summary.objects_only) for k, summary in summaries.items()}
+            self.pair_names = {k: p.name for k, p in enumerate(choices.pairs)}
         report(WorkerAnnotations(os.getpid(), sum(running.counts.values()), running.updates))
         result = run_training(prepared, report, running.stop, resume=request.get("resume"),
                               first_step=int(request.get("first_step", 0)),
@@ -382,10 +389,17 @@ class _Server:
         """Labels repainted during the run: counted, reported, and handed to the training, which
         trains on them from its next step (same weights and optimizer; the held-out pieces of the
         run's start stay held out)."""
-        from .training_request import summarize_labels
+        from .training_request import Notice, objects_only_warning, summarize_labels
 
-        running.counts[int(index)] = summarize_labels(labels, running.label_mode).annotated
+        summary = summarize_labels(labels, running.label_mode)
+        running.counts[int(index)] = summary.annotated
         running.updates += 1
+        warned = self.objects_only.setdefault(int(index), set())
+        new_sections = [z for z in summary.objects_only if z not in warned]
+        if new_sections and 1 in summary.values:  # no background at all: warned when the run started
+            warned.update(new_sections)
+            name = self.pair_names.get(int(index), f"the labels of pair {int(index) + 1}")
+            self.send("event", rid, Notice(objects_only_warning(name, new_sections)))
         if running.label_updates is not None:
             running.label_updates.submit(int(index), labels)
         applied = running.label_updates.applied if running.label_updates is not None else 0

@@ -75,6 +75,7 @@ PANEL_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 LEGEND_FILE = "annotations.json"
 MAX_SEMANTIC_CLASSES = 32  # more values than this in dense semantic labels are instance ids
+MAX_SECTIONS_NAMED = 5  # a warning about sections names at most this many
 PREVIEW_MAX_YX = 512  # the preview predicts at most this many pixels around the view centre
 THREAD_NICENESS = 10  # how much lower than the GUI the training thread is scheduled (Linux)
 
@@ -381,14 +382,31 @@ class AnnotationSummary:
     values: list[int]
     annotated: int
     total: int
+    objects_only: list[int] = field(default_factory=list)  # sparse sections: objects, no background
 
 
 def summarize_labels(label: Any, label_mode: str) -> AnnotationSummary:
-    """The values present (sorted) and the annotated voxel count (sparse: non-zero)."""
+    """The values present (sorted), the annotated voxel count (sparse: non-zero) and, for sparse
+    stacks, the sections where objects are painted but no background."""
     array = np.asarray(label)
     values = [int(v) for v in np.unique(array)]
     annotated = int(np.count_nonzero(array)) if label_mode == "sparse" else int(array.size)
-    return AnnotationSummary(values, annotated, int(array.size))
+    objects_only: list[int] = []
+    if label_mode == "sparse" and array.ndim == 3:
+        objects = (array >= 2).any(axis=(1, 2))
+        background = (array == 1).any(axis=(1, 2))
+        objects_only = [int(z) for z in np.flatnonzero(objects & ~background)]
+    return AnnotationSummary(values, annotated, int(array.size), objects_only)
+
+
+def objects_only_warning(name: str, sections: Sequence[int]) -> str:
+    """The warning for sparse sections with objects painted but no background: such strokes taught
+    the loop's network to call more of a section an object (docs/benchmarks.md)."""
+    shown = ", ".join(str(z) for z in sections[:MAX_SECTIONS_NAMED])
+    more = f" and {len(sections) - MAX_SECTIONS_NAMED} more" if len(sections) > MAX_SECTIONS_NAMED else ""
+    return (f"{name}: section{'s' if len(sections) > 1 else ''} {shown}{more} "
+            f"{'have' if len(sections) > 1 else 'has'} objects painted but no background (1); the "
+            "network may learn to call more of it objects: paint some background there too")
 
 
 def check_annotations(summary: AnnotationSummary, label_mode: str, task: str, name: str = "labels") -> list[str]:
@@ -410,6 +428,8 @@ def check_annotations(summary: AnnotationSummary, label_mode: str, task: str, na
     if label_mode == "sparse" and 1 not in painted:
         warnings.append(f"{name}: no background (label 1) is painted; the network learns objects only, "
                         "paint some background with 1")
+    elif summary.objects_only:
+        warnings.append(objects_only_warning(name, summary.objects_only))
     if task == "semantic" and label_mode == "dense" and len(painted) > MAX_SEMANTIC_CLASSES:
         raise UserError(f"{name}: the labels hold {len(painted)} values, which look like object ids; "
                         "pick the task 'instance' (separate objects) or 'binary' (foreground)")
