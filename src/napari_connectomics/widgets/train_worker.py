@@ -396,7 +396,7 @@ class _Server:
         running.updates += 1
         warned = self.objects_only.setdefault(int(index), set())
         new_sections = [z for z in summary.objects_only if z not in warned]
-        if new_sections and 1 in summary.values:  # no background at all: warned when the run started
+        if new_sections:
             warned.update(new_sections)
             name = self.pair_names.get(int(index), f"the labels of pair {int(index) + 1}")
             self.send("event", rid, Notice(objects_only_warning(name, new_sections)))

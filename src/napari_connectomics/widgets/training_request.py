@@ -387,14 +387,16 @@ class AnnotationSummary:
 
 def summarize_labels(label: Any, label_mode: str) -> AnnotationSummary:
     """The values present (sorted), the annotated voxel count (sparse: non-zero) and, for sparse
-    stacks, the sections where objects are painted but no background."""
+    stacks with background painted somewhere, the sections where objects are painted but no
+    background (with none painted at all, :func:`check_annotations` says so once instead)."""
     array = np.asarray(label)
     values = [int(v) for v in np.unique(array)]
     annotated = int(np.count_nonzero(array)) if label_mode == "sparse" else int(array.size)
     objects_only: list[int] = []
-    if label_mode == "sparse" and array.ndim == 3:
-        objects = (array >= 2).any(axis=(1, 2))
-        background = (array == 1).any(axis=(1, 2))
+    background_value = class_value(0, label_mode)
+    if label_mode == "sparse" and array.ndim == 3 and background_value in values:
+        objects = (array > background_value).any(axis=(1, 2))
+        background = (array == background_value).any(axis=(1, 2))
         objects_only = [int(z) for z in np.flatnonzero(objects & ~background)]
     return AnnotationSummary(values, annotated, int(array.size), objects_only)
 
@@ -428,7 +430,7 @@ def check_annotations(summary: AnnotationSummary, label_mode: str, task: str, na
     if label_mode == "sparse" and 1 not in painted:
         warnings.append(f"{name}: no background (label 1) is painted; the network learns objects only, "
                         "paint some background with 1")
-    elif summary.objects_only:
+    if summary.objects_only:
         warnings.append(objects_only_warning(name, summary.objects_only))
     if task == "semantic" and label_mode == "dense" and len(painted) > MAX_SEMANTIC_CLASSES:
         raise UserError(f"{name}: the labels hold {len(painted)} values, which look like object ids; "
