@@ -7,6 +7,8 @@ the median over the timed steps after warm-up. Peak GPU memory is reported on CU
     python benchmarks/bench_models.py                                   # CPU, small patch
     python benchmarks/bench_models.py --device cuda --patch 128,128,128 --precision bf16-mixed \
         --models mednext:S:3,mednext:B:3,mednext:M:3,mednext:L:3 --json out.json
+    python benchmarks/bench_models.py --models monai_unet --patch 128,128 --batch 8 --steps 15 --warmup 3 \
+        --set "model.filters=[16,32,64,128,256]" --set model.num_res_units=2      # the CPU preset's network
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ logger = logging.getLogger("bench_models")
 DEFAULT_MODELS = "mednext:S:3,mednext:S:5,monai_unet,monai_basic_unet3d,monai_segresnet"
 
 
-def _config(spec: str, patch: list[int], ds: bool, mednext_checkpoint: str | None = None):
+def _config(spec: str, patch: list[int], ds: bool, mednext_checkpoint: str | None = None,
+            extra: list[str] | None = None):
     name, *rest = spec.split(":")
     overrides = [f"model.architecture={name}", f"data.patch_size={patch}", f"model.spatial_dims={len(patch)}"]
     if name.startswith("mednext"):
@@ -38,7 +41,7 @@ def _config(spec: str, patch: list[int], ds: bool, mednext_checkpoint: str | Non
         overrides += [f"model.mednext_size={size}", f"model.kernel_size={kernel}", f"model.deep_supervision={ds}"]
         if mednext_checkpoint:
             overrides.append(f"model.mednext_checkpoint={mednext_checkpoint}")
-    return load_config(overrides=overrides)
+    return load_config(overrides=overrides + list(extra or []))
 
 
 def _sync(device: torch.device) -> None:
@@ -57,8 +60,8 @@ def _loss(output, target: torch.Tensor) -> torch.Tensor:
 
 
 def bench(spec: str, patch: list[int], batch: int, steps: int, warmup: int, device: torch.device,
-          precision: str, ds: bool, mednext_checkpoint: str | None = None) -> dict:
-    cfg = _config(spec, patch, ds, mednext_checkpoint)
+          precision: str, ds: bool, mednext_checkpoint: str | None = None, extra: list[str] | None = None) -> dict:
+    cfg = _config(spec, patch, ds, mednext_checkpoint, extra)
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
     params = model.get_model_info()["parameters"]
@@ -122,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-ds", action="store_true", help="MedNeXt without deep supervision")
     parser.add_argument("--mednext-checkpoint", choices=("none", "outside_block"),
                         help="override the MedNeXt presets' gradient checkpointing")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every network (repeatable), e.g. model.num_res_units=2")
     parser.add_argument("--json", help="write the rows to this file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.models.split(","):
         try:
             row = bench(spec, patch, args.batch, args.steps, args.warmup, device, args.precision, not args.no_ds,
-                        args.mednext_checkpoint)
+                        args.mednext_checkpoint, args.set)
         except torch.cuda.OutOfMemoryError:
             row = {"model": spec, "error": "out of memory", "patch": patch, "batch": args.batch}
             torch.cuda.empty_cache()

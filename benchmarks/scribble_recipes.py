@@ -19,7 +19,8 @@ changes how much of each painted section's background is painted (1.0: all of it
 ``--border W,K`` replaces cross-entropy by one weighing annotated voxels within K px of the other
 class 1 + W times; ``--balanced-ce`` weighs each class's annotated voxels by the inverse of its share; ``--dense-all`` paints every section with the expert label (the crop's ceiling);
 ``--correction N`` adds N mitochondrion dabs on one more section (``--correction-unclipped``: spilling
-over its border, as a quick brush does); ``--tta`` also scores each step with test-time augmentation; ``--save DIR`` keeps each step's
+over its border, as a quick brush does; ``--correction-background M``: and M background dabs around the
+object there, what the Train panel's objects-only warning asks for); ``--tta`` also scores each step with test-time augmentation; ``--save DIR`` keeps each step's
 probabilities. ``--at-validation`` scores after every validation instead, with that validation's
 loss and IoU (``val_loss``, ``val_iou``): which checkpoint a selection rule would pick, and its IoU.
 """
@@ -39,6 +40,7 @@ import numpy as np
 import interactive_loop as loop
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+AROUND_PX = 12  # how far from the object a user paints the background of a correction
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--correction-section", type=int, default=10)
     parser.add_argument("--correction-unclipped", action="store_true",
                         help="the correction's dabs are whole disks, so they spill over the object's border")
+    parser.add_argument("--correction-background", type=int, default=0, metavar="M",
+                        help="with --correction: also paint M background dabs on that section, at seeded random "
+                             f"background pixels within {AROUND_PX} px of the mitochondrion, clipped to the background")
     parser.add_argument("--at-validation", action="store_true",
                         help="score after every validation (up to the last of --steps), with its val loss and IoU")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value (OmegaConf dotlist)")
@@ -169,6 +174,24 @@ def painted_correction(painted: np.ndarray, truth: np.ndarray, dabs: int, sectio
     return painted
 
 
+def painted_background_around(painted: np.ndarray, truth: np.ndarray, dabs: int, section: int,
+                              radius: int = 3, seed: int = 1) -> np.ndarray:
+    """``painted`` plus ``dabs`` background (1) dabs on ``section`` centred on random background pixels
+    within :data:`AROUND_PX` of a mitochondrion, clipped to the background: a careful user's answer to
+    the objects-only warning."""
+    from scipy import ndimage as ndi
+
+    painted = painted.copy()
+    objects = truth[section] > 0
+    ring = ndi.binary_dilation(objects, iterations=AROUND_PX) & ~objects
+    ys, xs = np.nonzero(ring)
+    yy, xx = np.mgrid[:truth.shape[1], :truth.shape[2]]
+    for k in np.random.default_rng(seed).choice(len(ys), size=min(dabs, len(ys)), replace=False):
+        disk = (yy - ys[k]) ** 2 + (xx - xs[k]) ** 2 <= radius ** 2
+        painted[section][disk & ~objects] = 1
+    return painted
+
+
 def stacked_sections(image: np.ndarray, k: int) -> np.ndarray:
     """(2k+1, z, y, x): each section with its k neighbours either side (mirrored at the ends)."""
     padded = np.pad(image, ((k, k), (0, 0), (0, 0)), mode="reflect")
@@ -206,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.correction:
         painted = painted_correction(painted, truth, args.correction, args.correction_section,
                                      clip=not args.correction_unclipped)
+        if args.correction_background:
+            painted = painted_background_around(painted, truth, args.correction_background, args.correction_section)
     if args.context:
         image = stacked_sections(image, args.context)
     output = tempfile.mkdtemp(prefix="scribble-recipes-")

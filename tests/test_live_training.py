@@ -48,8 +48,9 @@ def test_presets_and_patch_fitting():
     assert (gpu.model.architecture, gpu.model.mednext_size, gpu.model.kernel_size, gpu.model.deep_supervision,
             gpu.model.spatial_dims) == ("mednext", "S", 3, True, 3)
     assert load_config().model.architecture == "monai_basic_unet3d"  # the CLI's defaults stay
+    assert (list(cpu.data.patch_size), cpu.data.batch_size) == ([128, 128], 8)  # half the pixels of 4 x 256^2: twice the steps
     assert fit_patch(cpu, (32, 128, 128)) == [128, 128]
-    assert fit_patch(cpu, (8, 1000, 200)) == [256, 192]  # at most 256, a multiple of 16
+    assert fit_patch(cpu, (8, 1000, 100)) == [128, 96]  # at most the preset's 128, a multiple of 16
     assert fit_patch(gpu, (20, 300, 100)) == [16, 128, 96]
     assert fit_patch(gpu, (300, 100)) is None  # a 3D network on a 2D image: left to the checks
 
@@ -57,17 +58,17 @@ def test_presets_and_patch_fitting():
 def test_a_fresh_viewer_starts_from_the_device_preset(make_napari_viewer, qtbot):
     assert not gpu_available()  # this machine has no GPU (torch is a CPU build)
     viewer = make_napari_viewer()
-    image = viewer.add_image(np.random.default_rng(0).random((32, 128, 128), dtype=np.float32), name="em")
+    image = viewer.add_image(np.random.default_rng(0).random((32, 96, 96), dtype=np.float32), name="em")
     _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "Connectomics")
     session = session_for(viewer)
     assert session.config.model.architecture == "monai_unet" and session.config.model.spatial_dims == 2
     assert dock.model_panel.architecture.value == "monai_unet"
     train = dock.train_panel
-    assert train.patch_size.value == "128, 128"  # the 256x256 preset, shrunk to the image
+    assert train.patch_size.value == "96, 96"  # the 128x128 preset, shrunk to the image
     assert train.batch_size.value == session.config.data.batch_size and train.lr.value == pytest.approx(3e-3)
     viewer.add_image(np.zeros((16, 512, 512), np.float32), name="large")
     train.pair_rows[0].image_combo.setCurrentText("large")
-    assert train.patch_size.value == "256, 256"
+    assert train.patch_size.value == "128, 128"  # the preset's: at most that
     dock.model_panel.option("spatial_dims").value = 3  # 3D in the Model tab: the patch follows
     assert list(session.config.data.patch_size) == [32, 128, 128]
     assert train.patch_size.value == "16, 128, 128"

@@ -71,7 +71,7 @@ DEVICES = ("auto", "cpu", "gpu")  # the panel's device picker: these of system.a
 # number of steps instead of the schema's epochs. Every other knob starts from the session's config.
 PANEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"label_mode": "sparse", "target": "semantic"},
-    "training": {"max_steps": 200},
+    "training": {"max_steps": 400},  # most seeds have decided by then on a 2-core CPU (docs/benchmarks.md)
 }
 LEGEND_FILE = "annotations.json"
 MAX_SEMANTIC_CLASSES = 32  # more values than this in dense semantic labels are instance ids
