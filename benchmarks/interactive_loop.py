@@ -14,6 +14,9 @@ mitochondrion pixel is painted 2, and 30 % of each of those slices' background p
 still-unpainted background pixels, clipped to the background (a careful user does not paint over
 a mitochondrion), stamped until 30 % of the slice's background is covered. Everything else is 0.
 
+``--default-run`` replaces the timed loop by a new user's first run: Train with every default (the
+panel's steps too), wait for the run to end, Segment; its seconds, step, checkpoint and IoU.
+
 GUI (``--skip-gui`` leaves it out). ``napari.Viewer()`` with the crop as an Image layer
 ("lucchi crop", scale 1) and the scribbles as a Labels layer ("scribbles"), the dock opened with
 ``add_plugin_dock_widget("napari-connectomics", "Connectomics")``. What the script sets in the
@@ -89,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stall-stacks", action="store_true",
                         help="sample the GUI thread's stack during stalls and print where the longest ones were")
     parser.add_argument("--skip-gui", action="store_true", help="leave out the napari session")
+    parser.add_argument("--default-run", action="store_true",
+                        help="instead of the timed loop: a first run with every default (the panel's steps "
+                             "too), waited for, then Segment")
     parser.add_argument("--data", default=str(DATA), help="the Lucchi HDF5 file")
     return parser.parse_args(argv)
 
@@ -356,30 +362,89 @@ def wait_until(condition: Callable[[], bool], timeout: float, poll_ms: int = 20)
     return condition()
 
 
-def run_gui(image: np.ndarray, truth: np.ndarray, painted: np.ndarray, budget: float, steps: int,
-            output: str, stall_stacks: bool = False) -> dict[str, Any]:
+def open_dock_on_crop(image: np.ndarray, painted: np.ndarray, monitor: StallMonitor) -> tuple[Any, Any, Any, Any]:
+    """A viewer with the crop and its scribbles, the dock opened (the monitor started just before)
+    and the Train panel's pair chosen, as a user does: (viewer, app, dock, image layer)."""
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_connectomics.widgets.session import session_for
-
-    checkpoints = [c * budget / CHECKPOINTS[-1] for c in CHECKPOINTS]
     viewer = napari.Viewer()
     app = QApplication.instance()
     layer = viewer.add_image(image, name=IMAGE_NAME)
     viewer.add_labels(painted, name=LABELS_NAME)
     app.processEvents()
-    monitor = StallMonitor()
-    sampler = StallSampler(monitor) if stall_stacks else None
     monitor.start("open dock")
     _, dock = viewer.window.add_plugin_dock_widget("napari-connectomics", "Connectomics")
     wait_until(lambda: False, 1.0)  # a user looks at the dock for a moment
     dock.tabs.setCurrentIndex(1)
     train = dock.train_panel
-    segment = dock.segment_panel
-    model = dock.model_panel
     train.pair_rows[0].image_combo.setCurrentText(IMAGE_NAME)
     train.pair_rows[0].labels_combo.setCurrentText(LABELS_NAME)
+    return viewer, app, dock, layer
+
+
+def press_segment(viewer: Any, dock: Any, layer: Any) -> None:
+    """On the Segment tab, segment the whole crop with the offered checkpoint and wait for the
+    segmentation layer (and its post-processing)."""
+    segment = dock.segment_panel
+    seg_name = IMAGE_NAME + " segmentation"
+    dock.tabs.setCurrentIndex(2)
+    segment.image_combo.value = layer
+    runs_before, result_before = segment.predict_runs, segment.labels_result
+    segment.segment_button.native.click()
+
+    def segmented() -> bool:
+        post = segment.post_job
+        return (segment.predict_runs > runs_before and not segment.running
+                and (post is None or not post.running) and segment.labels_result is not None
+                and segment.labels_result is not result_before
+                and seg_name in viewer.layers)
+
+    if not wait_until(segmented, timeout=1800):
+        raise SystemExit(f"Segment produced no '{seg_name}' layer: {segment.status_label.value}")
+
+
+def run_default(image: np.ndarray, truth: np.ndarray, painted: np.ndarray, output: str) -> dict[str, Any]:
+    """A new user's first run: Train with every default (the panel's steps too), wait for it to
+    finish, Segment with the checkpoint offered."""
+    monitor = StallMonitor()
+    viewer, _, dock, layer = open_dock_on_crop(image, painted, monitor)
+    train = dock.train_panel
+    train.output_dir.value = output
+    steps = int(train.steps.value)
+    monitor.set_phase("training")
+    pressed = time.perf_counter()
+    train.train_button.click()
+    if not train.running:
+        raise SystemExit(f"the Train panel refused to start: {train.status.text()}")
+    wait_until(lambda: not train.running, timeout=3600)
+    trained = time.perf_counter() - pressed
+    status = train.status.text()
+    monitor.set_phase("segment")
+    seg_pressed = time.perf_counter()
+    press_segment(viewer, dock, layer)
+    seg_s = time.perf_counter() - seg_pressed
+    seg = np.asarray(viewer.layers[IMAGE_NAME + " segmentation"].data) > 0
+    figures = monitor.excluded(lambda: scores(seg, truth))
+    monitor.stop()
+    run = {"default_steps": steps, "step": int(train.last_result.global_step), "training_s": trained,
+           "train_status": status, "checkpoint": Path(str(dock.segment_panel.checkpoint_edit.value)).name,
+           "segment_s": seg_s, "max_stall_ms": monitor.max_ms, **figures}
+    viewer.close()
+    return run
+
+
+def run_gui(image: np.ndarray, truth: np.ndarray, painted: np.ndarray, budget: float, steps: int,
+            output: str, stall_stacks: bool = False) -> dict[str, Any]:
+    from napari_connectomics.widgets.session import session_for
+
+    checkpoints = [c * budget / CHECKPOINTS[-1] for c in CHECKPOINTS]
+    monitor = StallMonitor()
+    sampler = StallSampler(monitor) if stall_stacks else None
+    viewer, app, dock, layer = open_dock_on_crop(image, painted, monitor)
+    train = dock.train_panel
+    segment = dock.segment_panel
+    model = dock.model_panel
     default_steps = int(train.steps.value)
     train.steps.value = steps
     train.output_dir.value = output
@@ -434,24 +499,10 @@ def run_gui(image: np.ndarray, truth: np.ndarray, painted: np.ndarray, budget: f
         val = train.loss_plot.points("val")
 
         monitor.set_phase(f"segment at {checkpoint:.0f} s")
-        dock.tabs.setCurrentIndex(2)
-        segment.image_combo.value = layer
-        runs_before, result_before = segment.predict_runs, segment.labels_result
         seg_pressed = time.perf_counter()
-        segment.segment_button.native.click()
-
-        def segmented() -> bool:
-            post = segment.post_job
-            return (segment.predict_runs > runs_before and not segment.running
-                    and (post is None or not post.running) and segment.labels_result is not None
-                    and segment.labels_result is not result_before
-                    and seg_name in viewer.layers)
-
-        wait_until(segmented, timeout=1800)
+        press_segment(viewer, dock, layer)
         seg_done = time.perf_counter()
         outside["segment_s"] += seg_done - seg_pressed
-        if not segmented():
-            raise SystemExit(f"Segment produced no '{seg_name}' layer: {segment.status_label.value}")
         figures = monitor.excluded(lambda: scores(np.asarray(viewer.layers[seg_name].data) > 0, truth))
         rows.append({"checkpoint_s": checkpoint, "stop_pressed_s": stop_clock, "training_s": trained,
                      "step": step, "train_loss": losses[-1][1] if losses else None,
@@ -548,6 +599,17 @@ def report(result: dict[str, Any]) -> None:
             print(f"| {row['stop_pressed_s']:.1f} | {row['training_s']:.1f} | {row['step']} | {fmt(row['train_loss'], '.4f')} | "
                   f"{fmt(row['val_loss'], '.4f')} | {row['checkpoint']} | {row['stop_wait_s']:.1f} | "
                   f"{row['segment_s']:.1f} | {row['iou']:.4f} | {row['iou_unpainted']:.4f} |")
+    first = result.get("default_run")
+    if first:
+        print()
+        print(f"A first run with every default ({first['default_steps']} steps), waited for, then Segment "
+              f"(whole crop, the checkpoint offered):")
+        print()
+        print("| training s | step | checkpoint | segment s | IoU | IoU unpainted | longest stall |")
+        print("| ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+        print(f"| {first['training_s']:.1f} | {first['step']} | {first['checkpoint']} | {first['segment_s']:.1f} | "
+              f"**{first['iou']:.4f}** | {first['iou_unpainted']:.4f} | {first['max_stall_ms']:.0f} ms |")
+        print(f"Train panel: {first['train_status']}")
     forest = result.get("forest")
     if forest:
         print()
@@ -583,7 +645,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"commit {result['commit']}, cores {os.cpu_count()}, load average "
           f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
-    if not args.skip_gui:
+    if args.default_run and not args.skip_gui:
+        result["default_run"] = run_default(image, truth, painted, tempfile.mkdtemp(prefix="interactive_loop_"))
+    elif not args.skip_gui:
         output = tempfile.mkdtemp(prefix="interactive_loop_")
         print(f"napari session: {args.seconds:g} s of training, runs under {output}", flush=True)
         result["gui"] = run_gui(image, truth, painted, args.seconds, args.steps, output, args.stall_stacks)
