@@ -13,6 +13,10 @@ Four measurements, in real napari viewers (run under Xvfb on a machine without a
   bounds at 100 ms, for opening the dock alone.
 * ``--dock-layers N``: N additions (the panels' way) in a viewer without the dock, then N in a fresh
   viewer with the dock open and its engine worker idle: what the dock adds to napari's cost.
+* ``--output-layers N``: the longest gap of a 10 ms ``QTimer`` (minus 10 ms) while a 32 x 256 x 256
+  probability image and a segmentation (Labels) are added (the panels' way) N times each, plus one
+  not counted, in a viewer without the dock, then with the dock open on its Segment tab, twice each
+  way: what napari's own addition of an output layer blocks, with and without the plugin.
 * ``--loop-viewer N``: N additions in the interactive loop's viewer (the Lucchi crop, its scribbles,
   the dock): idle, while the Train panel trains with its defaults (napari's other Python threads
   sampled meanwhile: is anything of ours holding the GIL?), and after Stop.
@@ -44,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--docks", type=int, default=4, help="fresh processes opening the dock (0: skip)")
     parser.add_argument("--dock-layers", type=int, default=0,
                         help="additions (the panels' way) in a viewer without the dock, then in one with it open")
+    parser.add_argument("--output-layers", type=int, default=0,
+                        help="timer gaps while output layers are added, without and with the dock (0: skip)")
     parser.add_argument("--loop-viewer", type=int, default=0,
                         help="additions in the interactive loop's viewer: idle, while training, after Stop")
     parser.add_argument("--one-dock", action="store_true", help=argparse.SUPPRESS)  # a child of --docks
@@ -140,6 +146,56 @@ def measure_layers_beside_dock(rounds: int) -> dict[str, Any]:
         viewer.close()
         settle(app, 1.0)
     return report
+
+
+def output_layer_gaps(with_dock: bool, rounds: int) -> dict[str, list[int]]:
+    """Longest timer gap (ms, minus the tick) around each addition of a probability image and of a
+    segmentation, in a fresh viewer with or without the dock; the first addition of each not counted."""
+    from qtpy.QtCore import QTimer
+
+    from napari_connectomics.widgets.compat import adding_unselected
+
+    probabilities = np.random.default_rng(1).random(SHAPE, dtype=np.float32)
+    segmentation = (probabilities > 0.7).astype(np.uint32)
+    viewer, app = viewer_with_layers()
+    if with_dock:
+        open_dock(viewer, app).tabs.setCurrentIndex(2)
+    settle(app, 1.5)
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        gaps.append((now - last[0]) * 1000.0 - TICK_MS)
+        last[0] = now
+
+    timer = QTimer()
+    timer.timeout.connect(tick)
+    timer.start(TICK_MS)
+    found: dict[str, list[int]] = {"image": [], "labels": []}
+    for i in range(rounds + 1):
+        for kind, record in found.items():
+            settle(app, 0.3)
+            gaps.clear()
+            with adding_unselected(viewer):
+                if kind == "image":
+                    layer = viewer.add_image(probabilities, name="probabilities", colormap="magma",
+                                             blending="additive", opacity=0.5, contrast_limits=(0.0, 1.0))
+                else:
+                    layer = viewer.add_labels(segmentation, name="segmentation", opacity=0.6)
+            settle(app, 0.6)
+            if i:
+                record.append(round(max(gaps)))
+            viewer.layers.remove(layer)
+    timer.stop()
+    viewer.close()
+    settle(app, 1.0)
+    return found
+
+
+def measure_output_layers(rounds: int) -> dict[str, Any]:
+    return {f"{'dock open' if with_dock else 'no dock'} {run}": output_layer_gaps(with_dock, rounds)
+            for run in (1, 2) for with_dock in (False, True)}
 
 
 def python_threads(samples: int = 60, every_s: float = 0.05) -> dict[str, int]:
@@ -247,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
         report["add_image"] = measure_layers(args.layers)
     if args.dock_layers:
         report["add_image_beside_dock"] = measure_layers_beside_dock(args.dock_layers)
+    if args.output_layers:
+        report["output_layer_gaps_ms"] = measure_output_layers(args.output_layers)
     if args.loop_viewer:
         report["add_image_in_loop_viewer"] = measure_loop_viewer(args.loop_viewer)
     if args.docks:

@@ -33,7 +33,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -166,12 +166,17 @@ def painted_correction(painted: np.ndarray, truth: np.ndarray, dabs: int, sectio
     """``painted`` plus ``dabs`` mitochondrion (2) dabs on ``section``, centred on random true
     mitochondrion pixels: clipped to the object, or whole disks that spill over its border."""
     painted = painted.copy()
-    ys, xs = np.nonzero(truth[section])
-    yy, xx = np.mgrid[:truth.shape[1], :truth.shape[2]]
-    for k in np.random.default_rng(seed).choice(len(ys), size=min(dabs, len(ys)), replace=False):
-        disk = (yy - ys[k]) ** 2 + (xx - xs[k]) ** 2 <= radius ** 2
+    for disk in random_disks(truth[section], dabs, radius, seed):
         painted[section][disk & truth[section] if clip else disk] = 2
     return painted
+
+
+def random_disks(where: np.ndarray, count: int, radius: int, seed: int) -> Iterator[np.ndarray]:
+    """``count`` disk masks of ``radius`` centred on seeded random true pixels of ``where`` (y, x)."""
+    ys, xs = np.nonzero(where)
+    yy, xx = np.mgrid[:where.shape[0], :where.shape[1]]
+    for k in np.random.default_rng(seed).choice(len(ys), size=min(count, len(ys)), replace=False):
+        yield (yy - ys[k]) ** 2 + (xx - xs[k]) ** 2 <= radius ** 2
 
 
 def painted_background_around(painted: np.ndarray, truth: np.ndarray, dabs: int, section: int,
@@ -184,10 +189,7 @@ def painted_background_around(painted: np.ndarray, truth: np.ndarray, dabs: int,
     painted = painted.copy()
     objects = truth[section] > 0
     ring = ndi.binary_dilation(objects, iterations=AROUND_PX) & ~objects
-    ys, xs = np.nonzero(ring)
-    yy, xx = np.mgrid[:truth.shape[1], :truth.shape[2]]
-    for k in np.random.default_rng(seed).choice(len(ys), size=min(dabs, len(ys)), replace=False):
-        disk = (yy - ys[k]) ** 2 + (xx - xs[k]) ** 2 <= radius ** 2
+    for disk in random_disks(ring, dabs, radius, seed):
         painted[section][disk & ~objects] = 1
     return painted
 
