@@ -23,6 +23,8 @@ over its border, as a quick brush does; ``--correction-background M``: and M bac
 object there, what the Train panel's objects-only warning asks for); ``--tta`` also scores each step with test-time augmentation; ``--save DIR`` keeps each step's
 probabilities. ``--at-validation`` scores after every validation instead, with that validation's
 loss and IoU (``val_loss``, ``val_iou``): which checkpoint a selection rule would pick, and its IoU.
+``--snapshot-average K`` also scores the mean of the weights at the last K scorings (``iou_avg``): with
+``--at-validation`` and ``training.snapshot_average=K`` that is the model the run validates and saves.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--correction-background", type=int, default=0, metavar="M",
                         help="with --correction: also paint M background dabs on that section, at seeded random "
                              f"background pixels within {AROUND_PX} px of the mitochondrion, clipped to the background")
+    parser.add_argument("--snapshot-average", type=int, default=0, metavar="K",
+                        help="also score the mean of the weights at the last K scorings (iou_avg), "
+                             "batch-norm statistics averaged too")
     parser.add_argument("--at-validation", action="store_true",
                         help="score after every validation (up to the last of --steps), with its val loss and IoU")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value (OmegaConf dotlist)")
@@ -259,6 +264,19 @@ def main(argv: list[str] | None = None) -> int:
     prepared = prepare_run(choices, cfg)
     started = time.monotonic()
 
+    snapshots: list[dict[str, Any]] = []
+
+    def averaged_model(model: Any) -> Any:
+        """A copy of ``model`` with the mean of the last ``--snapshot-average`` snapshots' weights."""
+        import copy
+
+        kept = snapshots[-args.snapshot_average:]
+        mean = {key: (sum(s[key] for s in kept) / len(kept) if value.is_floating_point() else value)
+                for key, value in kept[-1].items()}
+        averaged = copy.deepcopy(model)
+        averaged.load_state_dict(mean)
+        return averaged
+
     class ScoreAtSteps(L.Callback):
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             if trainer.global_step in steps and not args.at_validation:
@@ -284,6 +302,13 @@ def main(argv: list[str] | None = None) -> int:
                 row_tta = {"iou_tta": tta_scores["iou"], "iou_tta_z_smoothed": tta_scores["iou_z_smoothed"]}
             else:
                 row_tta = {}
+            if args.snapshot_average:
+                snapshots.append({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
+                options = PredictOptions(device="cpu", output_dtype="float32")
+                averaged = np.asarray(predict(averaged_model(pl_module.model), image, options,
+                                              cfg=prepared.cfg).probabilities, np.float32)
+                avg_foreground = 1.0 - averaged[0] if averaged.shape[0] > 1 else averaged[0]
+                row_tta = {**row_tta, "iou_avg": score(avg_foreground, truth)["iou"]}
             pl_module.train()
             foreground = 1.0 - probabilities[0] if probabilities.shape[0] > 1 else probabilities[0]
             if args.save:

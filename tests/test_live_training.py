@@ -43,8 +43,11 @@ def test_presets_and_patch_fitting():
     assert list(cpu.model.loss_functions) == ["DiceLoss", "CrossEntropyLoss"]
     assert (cpu.optimizer.name, cpu.optimizer.lr, cpu.scheduler.name) == ("AdamW", 3e-3, "none")  # constant
     assert cpu.training.precision == "auto"  # bfloat16 where the CPU computes it (test_training_precision.py)
-    for preset in (cpu, gpu):  # an undecided model can have the lowest loss: the best held-out IoU is offered
+    for preset in (cpu, gpu):  # an undecided model can have the lowest loss: runs are judged by held-out IoU
         assert (preset.checkpoint.monitor, preset.checkpoint.mode) == ("val/iou", "max")
+    # on a CPU the panel's runs offer the mean of the last 3 validations' weights (benchmarks.md)
+    assert (cpu.training.snapshot_average, cpu.checkpoint.offer) == (3, "last")
+    assert (gpu.training.snapshot_average, gpu.checkpoint.offer) == (0, "best")  # not measured on a GPU
     assert (gpu.model.architecture, gpu.model.mednext_size, gpu.model.kernel_size, gpu.model.deep_supervision,
             gpu.model.spatial_dims) == ("mednext", "S", 3, True, 3)
     assert load_config().model.architecture == "monai_basic_unet3d"  # the CLI's defaults stay

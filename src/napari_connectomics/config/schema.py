@@ -213,6 +213,8 @@ class TrainingConfig:
     accumulate_grad_batches: int = knob(1, "batches per optimizer step", minimum=1)
     val_check_interval: Optional[int] = knob(None, "validate every N training steps (default: each epoch)", minimum=1)
     val_patches: Optional[int] = knob(8, "validation patches per run; null tiles the whole validation region", minimum=1)
+    snapshot_average: int = knob(0, "validate and checkpoint the mean of the weights at the last N validations "
+                                 "(0 or 1: off): steadier on few annotations with a constant rate", minimum=0)
     log_every_n_steps: int = knob(10, "logging interval", minimum=1)
     max_nonfinite_steps: int = knob(3, "non-finite losses in a row before the run stops", minimum=1)
 
@@ -224,6 +226,8 @@ class CheckpointConfig:
     min_score: Optional[float] = knob(
         None, "with mode max: a run whose best monitored score stays below this offers its last checkpoint "
         "instead of its best (e.g. a held-out IoU that only noise reached while the model was undecided)")
+    offer: str = knob("best", "the checkpoint a run offers to Segment, fine-tuning and its result: the best by "
+                      "monitor, or the last (with training.snapshot_average, the latest mean)", choices=("best", "last"))
     save_top_k: int = knob(1, "best checkpoints kept (-1: all)", minimum=-1)
     save_last: bool = knob(True, "also keep last.ckpt")
     dirpath: Optional[str] = knob(None, "checkpoint folder (default: <run>/checkpoints)")

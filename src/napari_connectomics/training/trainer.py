@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from ..config import ConfigError, as_config, save_config
 from ..progress import Progress, ProgressCallback, emit
 from .callbacks import ProgressRelay, TimedLastCheckpoint
+from .snapshot_average import SnapshotAverage
 from .checkpoint import AtomicCheckpointIO, load_checkpoint, model_state_dict
 from .datamodule import TrainingData, VolumeDataModule
 from .disk import DiskFullError, no_space
@@ -110,7 +111,8 @@ def _train(cfg: DictConfig, datamodule: VolumeDataModule, run_dir: Path, callbac
     minutes = cfg.checkpoint.every_n_minutes
     timed = [TimedLastCheckpoint(checkpoint_dir, minutes)] if minutes is not None else []
     extra = [c for c in callbacks if isinstance(c, L.Callback)]
-    trainer = build_trainer(cfg, run_dir, [relay, checkpointer, *timed, *extra], enable_progress_bar)
+    averaging = [SnapshotAverage(cfg.training.snapshot_average)] if cfg.training.snapshot_average >= 2 else []
+    trainer = build_trainer(cfg, run_dir, [relay, *averaging, checkpointer, *timed, *extra], enable_progress_bar)
 
     logger.info("Run folder %s", run_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume is not None else None)
@@ -129,7 +131,9 @@ def _train(cfg: DictConfig, datamodule: VolumeDataModule, run_dir: Path, callbac
                          global_step=trainer.global_step, stopped=stopped, metrics=metrics,
                          global_rank=trainer.global_rank, validation=datamodule.validation,
                          held_out=datamodule.held_out,
-                         min_score=cfg.checkpoint.min_score if cfg.checkpoint.mode == "max" else None)
+                         min_score=cfg.checkpoint.min_score if cfg.checkpoint.mode == "max" else None,
+                         offer=cfg.checkpoint.offer,
+                         averaged=cfg.training.snapshot_average if cfg.training.snapshot_average >= 2 else 0)
     emit(progress_callbacks, Progress(trainer.global_step, trainer.global_step, "stopped" if stopped else "done",
                                       metrics, stage="stopped" if stopped else "done"))
     return result
