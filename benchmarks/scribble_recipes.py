@@ -270,11 +270,10 @@ def main(argv: list[str] | None = None) -> int:
         """A copy of ``model`` with the mean of the last ``--snapshot-average`` snapshots' weights."""
         import copy
 
-        kept = snapshots[-args.snapshot_average:]
-        mean = {key: (sum(s[key] for s in kept) / len(kept) if value.is_floating_point() else value)
-                for key, value in kept[-1].items()}
+        from napari_connectomics.training.snapshot_average import mean_state
+
         averaged = copy.deepcopy(model)
-        averaged.load_state_dict(mean)
+        averaged.load_state_dict(mean_state(snapshots[-args.snapshot_average:]))
         return averaged
 
     class ScoreAtSteps(L.Callback):

@@ -27,7 +27,7 @@ class TrainResult:
     held_out: bool = True  # False: validation scored the training data, logged as train_eval/...
     min_score: float | None = None  # checkpoint.min_score: a best below it is not offered
     offer: str = "best"  # checkpoint.offer: "last" offers the last checkpoint whatever the scores
-    averaged: int = 0  # training.snapshot_average: checkpoints hold the mean of the last N validations' weights
+    averaged: int = 0  # snapshots averaged (0: off): checkpoints hold the mean of the last N validations' weights
 
     @property
     def best_reached_min(self) -> bool:
@@ -47,7 +47,7 @@ class TrainResult:
         """Why :attr:`checkpoint` was chosen, for a status line (e.g. ``best val/iou 0.874``)."""
         if self.offer == "last":
             return f"the last, the mean of the weights at the last {self.averaged} validations" if (
-                self.averaged >= 2) else "the last"
+                self.averaged) else "the last"
         if self.best_reached_min:
             return f"best {self.monitor} {self.best_score:.3f}"
         if self.best_score is not None and self.min_score is not None:

@@ -18,9 +18,15 @@ from typing import Any
 import lightning as L
 import torch
 
-__all__ = ["LIVE_STATE_KEY", "SnapshotAverage"]
+__all__ = ["LIVE_STATE_KEY", "MIN_SNAPSHOTS", "SnapshotAverage", "mean_state", "snapshots_averaged"]
 
 LIVE_STATE_KEY = "current_model_state"  # the key Lightning's WeightAveraging uses for the same
+MIN_SNAPSHOTS = 2  # fewer is no average: training.snapshot_average 0 or 1 means off
+
+
+def snapshots_averaged(requested: int) -> int:
+    """How many snapshots a run averages for ``training.snapshot_average``: 0 when off."""
+    return requested if requested >= MIN_SNAPSHOTS else 0
 
 
 class SnapshotAverage(L.Callback):
@@ -32,8 +38,8 @@ class SnapshotAverage(L.Callback):
     """
 
     def __init__(self, count: int) -> None:
-        if count < 2:
-            raise ValueError(f"SnapshotAverage needs at least 2 snapshots to average, got {count}")
+        if count < MIN_SNAPSHOTS:
+            raise ValueError(f"SnapshotAverage needs at least {MIN_SNAPSHOTS} snapshots to average, got {count}")
         self.count = count
         self._snapshots: deque[dict[str, torch.Tensor]] = deque(maxlen=count)
         self._live: dict[str, torch.Tensor] | None = None
@@ -66,6 +72,11 @@ class SnapshotAverage(L.Callback):
             pl_module.load_state_dict(live)
 
     def _average(self) -> dict[str, torch.Tensor]:
-        newest = self._snapshots[-1]
-        return {key: (torch.stack([s[key] for s in self._snapshots]).mean(0) if value.is_floating_point() else value)
-                for key, value in newest.items()}
+        return mean_state(list(self._snapshots))
+
+
+def mean_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The mean of state dicts: floating-point tensors averaged, the others from the newest (last)."""
+    newest = states[-1]
+    return {key: (torch.stack([s[key] for s in states]).mean(0) if value.is_floating_point() else value)
+            for key, value in newest.items()}

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from ..config import ConfigError, as_config, save_config
 from ..progress import Progress, ProgressCallback, emit
 from .callbacks import ProgressRelay, TimedLastCheckpoint
-from .snapshot_average import SnapshotAverage
+from .snapshot_average import SnapshotAverage, snapshots_averaged
 from .checkpoint import AtomicCheckpointIO, load_checkpoint, model_state_dict
 from .datamodule import TrainingData, VolumeDataModule
 from .disk import DiskFullError, no_space
@@ -111,7 +111,8 @@ def _train(cfg: DictConfig, datamodule: VolumeDataModule, run_dir: Path, callbac
     minutes = cfg.checkpoint.every_n_minutes
     timed = [TimedLastCheckpoint(checkpoint_dir, minutes)] if minutes is not None else []
     extra = [c for c in callbacks if isinstance(c, L.Callback)]
-    averaging = [SnapshotAverage(cfg.training.snapshot_average)] if cfg.training.snapshot_average >= 2 else []
+    averaged = snapshots_averaged(cfg.training.snapshot_average)
+    averaging = [SnapshotAverage(averaged)] if averaged else []
     trainer = build_trainer(cfg, run_dir, [relay, *averaging, checkpointer, *timed, *extra], enable_progress_bar)
 
     logger.info("Run folder %s", run_dir)
@@ -133,7 +134,7 @@ def _train(cfg: DictConfig, datamodule: VolumeDataModule, run_dir: Path, callbac
                          held_out=datamodule.held_out,
                          min_score=cfg.checkpoint.min_score if cfg.checkpoint.mode == "max" else None,
                          offer=cfg.checkpoint.offer,
-                         averaged=cfg.training.snapshot_average if cfg.training.snapshot_average >= 2 else 0)
+                         averaged=averaged)
     emit(progress_callbacks, Progress(trainer.global_step, trainer.global_step, "stopped" if stopped else "done",
                                       metrics, stage="stopped" if stopped else "done"))
     return result
